@@ -1,0 +1,62 @@
+# tokenscale — every target sets itself up on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH_PIN := torch==2.13.0
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: all setup prometheus test lint unit demo crds manifests check-generated bench clean
+
+all: test
+
+# A virtual environment in the repository. torch is pinned and installed first so
+# that the `server` extra finds it satisfied and never pulls a CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_PIN)"
+	$(BIN)/python -m pip install -q -e ".[server,dev]"
+	touch $(STAMP)
+
+setup: $(STAMP) prometheus
+
+# Debian's Prometheus: the tests and the demo run the real server as a child process.
+prometheus:
+	@if command -v prometheus >/dev/null && command -v promtool >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian's prometheus (tests and the demo run the real server)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	else \
+		echo "NOTE: prometheus/promtool not found. Install them (Debian/Ubuntu: sudo apt-get install prometheus);"; \
+		echo "      tests that need a real Prometheus are skipped until then."; \
+	fi
+
+lint: $(STAMP)
+	$(BIN)/ruff check operator server tests bench
+	$(BIN)/lint-imports
+
+test: setup lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -m "not prometheus and not slow" $(PYTEST_ARGS)
+
+demo: setup
+	$(BIN)/tokenscale demo
+
+# Generated files: regenerate, then `make test` checks them for drift.
+crds: $(STAMP)
+	$(BIN)/tokenscale crd > crds/tokenscale.io_inferenceservices.yaml
+
+manifests: $(STAMP)
+	$(BIN)/tokenscale render-install > manifests/install.yaml
+
+bench: setup
+	$(BIN)/python bench/server_throughput.py
+	$(BIN)/python bench/operator_scale.py
+	$(BIN)/tokenscale bench autoscaling
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,84 @@
+"""The policy's inputs and outputs: plain data, so a trace can be replayed through `decide`."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Signals:
+    """One service's canonical signals at one instant, summed over its replicas (None = missing).
+
+    Produced by tokenscale.metrics from Prometheus in a cluster and by tokenscale.sim from
+    simulated scrapes; the policy cannot tell the two apart.
+    """
+
+    tokens_per_second: float | None = None  # generated tokens/s, short rate window
+    tokens_per_second_long: float | None = None  # generated tokens/s, long rate window
+    prompt_tokens_per_second: float | None = None
+    queue_depth: float | None = None  # requests waiting, all replicas
+    running_requests: float | None = None  # requests in the running batch, all replicas
+    kv_cache_usage: float | None = None  # mean over replicas, 0..1
+    ttft_p90_seconds: float | None = None
+    activation: float | None = None  # the spec's activation query (demand outside the pods)
+    sample_age_seconds: float | None = None  # age of the newest sample
+    ready_pods_reporting: int | None = None  # replicas that exported metrics in the window
+
+    def core_missing(self) -> list[str]:
+        """Names of the signals the policy cannot decide without (None or NaN)."""
+        missing = []
+        for name in ("tokens_per_second", "queue_depth"):
+            value = getattr(self, name)
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                missing.append(name)
+        return missing
+
+
+@dataclass(frozen=True)
+class ReplicaState:
+    """What the cluster says about the serving Deployment right now."""
+
+    current: int  # the Deployment's spec.replicas (what was last asked for)
+    ready: int  # ready pods
+    unschedulable: int = 0  # pods Pending with reason Unschedulable (e.g. no free GPU)
+
+    @property
+    def pending(self) -> int:
+        """Replicas asked for but not ready yet: capacity on its way (model loading)."""
+        return max(0, self.current - self.ready - self.unschedulable)
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    time: float
+    replicas: int
+
+
+@dataclass(frozen=True)
+class History:
+    """The policy's memory between ticks. Lives in the object's status so a restart resumes."""
+
+    recommendations: tuple[Recommendation, ...] = ()
+    panic_until: float | None = None
+    idle_since: float | None = None
+    last_scale_up: float | None = None
+    last_scale_down: float | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    desired: int  # the replica count to apply
+    current: int
+    recommendations: dict[str, int] = field(default_factory=dict)  # per rule / signal
+    limited_by: str = ""  # the rule that set the final value (e.g. "scaleDownStabilization")
+    reason: str = ""  # one human sentence
+    history: History = field(default_factory=History)  # to store for the next tick
+    metrics_available: bool = True
+    scaling_limited: bool = False  # bounded by max, unschedulable pods, or a rate limit
+    scaling_limited_reason: str = ""
+    panic: bool = False
+
+    @property
+    def changed(self) -> bool:
+        return self.desired != self.current

@@ -1,0 +1,1 @@
+"""tokenscale_server: the included continuous-batching server."""
