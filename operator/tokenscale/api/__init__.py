@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from pydantic import ValidationError
@@ -59,7 +60,8 @@ def parse_spec(spec: Any) -> InferenceServiceSpec:
     if not isinstance(spec, dict):
         raise SpecError([f"spec: must be an object, got {type(spec).__name__}"])
     try:
-        return InferenceServiceSpec.model_validate(spec)
+        # Strict JSON semantics, as the API server has them: "yes" is no boolean, "3" no integer.
+        return InferenceServiceSpec.model_validate_json(json.dumps(spec), strict=True)
     except ValidationError as error:
         raise SpecError(format_validation_error(error)) from None
 

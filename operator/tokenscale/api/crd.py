@@ -35,8 +35,12 @@ def _unwrap_optional(tp: Any) -> Any:
 
 
 def _is_quantity(field: FieldInfo) -> bool:
-    extra = field.json_schema_extra
-    return isinstance(extra, dict) and bool(extra.get("quantity"))
+    """Quantity fields carry a marker, on the field itself or inside Optional[Quantity]."""
+    markers = [field.json_schema_extra]
+    annotation = _unwrap_optional(field.annotation)
+    if typing.get_origin(annotation) is typing.Annotated:
+        markers += [meta.json_schema_extra for meta in typing.get_args(annotation)[1:] if isinstance(meta, FieldInfo)]
+    return any(isinstance(extra, dict) and extra.get("quantity") for extra in markers)
 
 
 def _type_schema(tp: Any) -> dict[str, Any]:
