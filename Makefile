@@ -49,6 +49,7 @@ demo: setup
 # Generated files: regenerate, then `make test` checks them for drift.
 crds: $(STAMP)
 	$(BIN)/tokenscale crd > crds/tokenscale.io_inferenceservices.yaml
+	$(BIN)/tokenscale crd --reference > docs/configuration.md
 
 manifests: $(STAMP)
 	$(BIN)/tokenscale render-install > manifests/install.yaml

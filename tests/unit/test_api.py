@@ -177,3 +177,11 @@ def test_parse_status_never_raises():
     assert parse_status(None).decisions == []
     assert parse_status({"replicas": "many"}).replicas is None
     assert parse_status({"readyReplicas": 2, "futureField": 1}).ready_replicas == 2
+
+
+def test_configuration_reference_is_current():
+    from tokenscale.api.reference import reference_markdown
+
+    text = reference_markdown()
+    assert (REPO / "docs" / "configuration.md").read_text() == text, "docs/ is stale: run `make crds`"
+    assert "`spec.autoscaling.targetTokensPerSecondPerReplica`" in text
