@@ -1,0 +1,220 @@
+"""`tokenscale run`: the operator (kopf) against the current kubeconfig.
+
+Every flag can also come from an environment variable TOKENSCALE_<FLAG> (upper case,
+dashes as underscores), which is how the Helm chart configures it; a flag on the command
+line wins. Repeatable flags take a comma-separated list from the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from tokenscale import settings as settings_module
+from tokenscale.settings import DEFAULT_LIVENESS, DEFAULT_SERVER_IMAGE, Settings
+
+ENV_PREFIX = "TOKENSCALE_"
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def _env_name(flag: str) -> str:
+    return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
+
+
+def _add(parser: argparse.ArgumentParser, flag: str, help: str, *, kind: Callable[[str], Any] = str,
+         default: Any = None, repeat: bool = False, switch: bool = False, metavar: str | None = None) -> None:
+    """One flag whose default comes from TOKENSCALE_<FLAG>; the help names the variable."""
+    env = _env_name(flag)
+    raw = os.environ.get(env)
+    shown = f"{help} (env {env}"
+    if switch:
+        value = raw.strip().lower() in _TRUE if raw is not None else default
+        parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=value, help=shown + ")")
+        return
+    if repeat:
+        value = [item.strip() for item in raw.split(",") if item.strip()] if raw else list(default or [])
+        parser.add_argument(flag, action="append", type=kind, default=None, metavar=metavar,
+                            help=shown + ", comma-separated; repeat the flag for several)")
+        parser.set_defaults(**{flag.lstrip("-").replace("-", "_") + "_env": value})
+        return
+    value = kind(raw) if raw is not None else default
+    suffix = f"; default {default})" if default not in (None, "") else ")"
+    parser.add_argument(flag, type=kind, default=value, metavar=metavar, help=shown + suffix)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    cluster = parser.add_argument_group("Kubernetes")
+    _add(cluster, "--kubeconfig", "kubeconfig file; default $KUBECONFIG, ~/.kube/config, or in-cluster",
+         metavar="FILE")
+    _add(cluster, "--context", "kubeconfig context to use; default the current one", metavar="NAME")
+    _add(cluster, "--namespace", "serve InferenceServices in this namespace only; without it, all namespaces",
+         repeat=True, metavar="NS")
+    _add(cluster, "--peering", "join this kopf peering (high availability: one active replica); "
+         "needs the KopfPeering CRD", metavar="NAME")
+    _add(cluster, "--standalone", "run without peering (a single replica)", switch=True, default=False)
+    _add(cluster, "--priority", "peering priority of this instance", kind=int, default=0, metavar="N")
+    _add(cluster, "--liveness", "liveness endpoint to serve ('' disables it)", default=DEFAULT_LIVENESS,
+         metavar="URL")
+    _add(cluster, "--watch-server-timeout", "seconds the API server keeps one watch open", kind=int,
+         default=300, metavar="S")
+    _add(cluster, "--watch-client-timeout", "seconds the client waits for a watch to end", kind=float,
+         default=330.0, metavar="S")
+    _add(cluster, "--request-timeout", "seconds for one API request", kind=float, default=30.0, metavar="S")
+    _add(cluster, "--connect-timeout", "seconds to connect to the API server", kind=float, default=10.0,
+         metavar="S")
+    _add(cluster, "--cluster-domain", "cluster DNS domain, for the endpoint URL in status",
+         default="cluster.local", metavar="DOMAIN")
+
+    logs = parser.add_argument_group("Logging")
+    _add(logs, "--log-level", "DEBUG, INFO, WARNING or ERROR", default="INFO", metavar="LEVEL")
+    _add(logs, "--log-format", "json (one object per line) or plain", default="json", metavar="FORMAT")
+
+    serving = parser.add_argument_group("Serving")
+    _add(serving, "--default-server-image", "image of the builtin batching server",
+         default=DEFAULT_SERVER_IMAGE, metavar="IMAGE")
+
+    prom = parser.add_argument_group("Autoscaling (Prometheus)")
+    _add(prom, "--prometheus-url", "Prometheus base URL the autoscaler queries, e.g. "
+         "http://prometheus-operated.monitoring:9090", metavar="URL")
+    _add(prom, "--tick-seconds", "seconds between autoscaling decisions", kind=float, default=15.0,
+         metavar="S")
+    _add(prom, "--prometheus-bearer-token-file", "file holding a bearer token for Prometheus", metavar="FILE")
+    _add(prom, "--prometheus-username", "basic-auth user for Prometheus", metavar="USER")
+    _add(prom, "--prometheus-password-file", "file holding the basic-auth password", metavar="FILE")
+    _add(prom, "--prometheus-ca-file", "CA bundle to verify Prometheus' TLS certificate", metavar="FILE")
+    _add(prom, "--prometheus-insecure", "skip TLS verification for Prometheus", switch=True, default=False)
+    _add(prom, "--prometheus-header", "extra HTTP header for Prometheus queries, e.g. X-Scope-OrgID=team-a",
+         repeat=True, metavar="NAME=VALUE")
+    _add(prom, "--prometheus-timeout", "seconds for one Prometheus query", kind=float, default=10.0,
+         metavar="S")
+    _add(prom, "--service-label", "Prometheus label holding the InferenceService name",
+         default="tokenscale_io_service", metavar="LABEL")
+    _add(prom, "--namespace-label", "Prometheus label holding the namespace", default="namespace",
+         metavar="LABEL")
+
+
+def _header(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise ValueError(f"--prometheus-header wants NAME=VALUE, got {text!r}")
+    return name.strip(), value.strip()
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """The frozen Settings from parsed flags (flags win over TOKENSCALE_* variables)."""
+    namespaces = args.namespace if args.namespace is not None else args.namespace_env
+    headers = args.prometheus_header if args.prometheus_header is not None else args.prometheus_header_env
+    level = args.log_level.upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError(f"--log-level must be DEBUG, INFO, WARNING or ERROR, got {args.log_level!r}")
+    if args.log_format not in ("json", "plain"):
+        raise ValueError(f"--log-format must be json or plain, got {args.log_format!r}")
+    if args.peering and args.standalone:
+        raise ValueError("--peering and --standalone exclude each other")
+    if args.tick_seconds <= 0:
+        raise ValueError("--tick-seconds must be positive")
+    return Settings(
+        kubeconfig=args.kubeconfig or None,
+        context=args.context or None,
+        namespaces=tuple(dict.fromkeys(namespaces)),
+        peering=args.peering or None,
+        standalone=bool(args.standalone),
+        priority=args.priority,
+        liveness=args.liveness or None,
+        watch_server_timeout=args.watch_server_timeout,
+        watch_client_timeout=args.watch_client_timeout,
+        request_timeout=args.request_timeout,
+        connect_timeout=args.connect_timeout,
+        cluster_domain=args.cluster_domain,
+        log_level=level,
+        log_format=args.log_format,
+        default_server_image=args.default_server_image,
+        prometheus_url=args.prometheus_url or None,
+        tick_seconds=args.tick_seconds,
+        prometheus_bearer_token_file=args.prometheus_bearer_token_file or None,
+        prometheus_username=args.prometheus_username or None,
+        prometheus_password_file=args.prometheus_password_file or None,
+        prometheus_ca_file=args.prometheus_ca_file or None,
+        prometheus_insecure=bool(args.prometheus_insecure),
+        prometheus_headers=tuple(_header(h) for h in headers),
+        prometheus_timeout=args.prometheus_timeout,
+        service_label=args.service_label,
+        namespace_label=args.namespace_label,
+    )
+
+
+def kopf_settings(settings: Settings) -> Any:
+    """kopf's OperatorSettings for ours: annotation storage, timeouts, event identity."""
+    import kopf
+
+    ops = kopf.OperatorSettings()
+    # The CRD's status schema is structural and would prune status.kopf: keep kopf's
+    # progress and diff-base in annotations instead.
+    ops.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="tokenscale.io")
+    ops.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="tokenscale.io", key="last-handled-configuration"
+    )
+    ops.persistence.finalizer = "tokenscale.io/finalizer"
+    ops.watching.server_timeout = settings.watch_server_timeout
+    ops.watching.client_timeout = settings.watch_client_timeout
+    ops.watching.connect_timeout = settings.connect_timeout
+    ops.networking.request_timeout = settings.request_timeout
+    ops.networking.connect_timeout = settings.connect_timeout
+    ops.posting.reporting_component = "tokenscale"
+    ops.posting.reporting_instance = os.environ.get("POD_NAME", "tokenscale")
+    ops.posting.event_name_prefix = "tokenscale-"
+    ops.peering.priority = settings.priority
+    return ops
+
+
+def run_operator(settings: Settings, *, stop_flag: Any = None, ready_flag: Any = None) -> None:
+    """Run the operator until stopped (blocks). A harness passes a threading.Event as stop_flag."""
+    import kopf
+
+    settings_module.configure(settings)
+    import tokenscale.handlers  # noqa: F401  (registers the handlers in kopf's default registry)
+
+    standalone = True if settings.standalone else None
+    asyncio.run(
+        kopf.operator(
+            settings=kopf_settings(settings),
+            standalone=standalone,
+            peering_name=settings.peering,
+            priority=settings.priority,
+            clusterwide=settings.clusterwide,
+            namespaces=list(settings.namespaces),
+            liveness_endpoint=settings.liveness,
+            stop_flag=stop_flag,
+            ready_flag=ready_flag,
+        )
+    )
+
+
+def _configure_logging(settings: Settings) -> None:
+    import kopf
+
+    log_format = kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.FULL
+    kopf.configure(debug=settings.log_level == "DEBUG", log_format=log_format, log_refkey="object")
+    logging.getLogger().setLevel(settings.log_level)
+    # The kubernetes client logs every request at DEBUG; keep it at WARNING unless asked.
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        settings = settings_from_args(args)
+    except ValueError as error:
+        print(f"tokenscale run: {error}")
+        return 2
+    _configure_logging(settings)
+    stop = threading.Event()
+    try:
+        run_operator(settings, stop_flag=stop)
+    except KeyboardInterrupt:
+        stop.set()
+    return 0

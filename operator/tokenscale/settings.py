@@ -1,0 +1,71 @@
+"""The operator's configuration: one frozen dataclass, filled from `tokenscale run`'s flags.
+
+Handlers and the autoscaler read it through `get()`; `tokenscale run` (or a test harness)
+calls `configure()` once before the operator starts. Pure: no kopf, no kubernetes client.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from tokenscale import __version__
+
+DEFAULT_SERVER_IMAGE = f"ghcr.io/tokenscale/server:{__version__}"
+DEFAULT_LIVENESS = "http://0.0.0.0:8080/healthz"
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- Kubernetes -----------------------------------------------------------------------
+    kubeconfig: str | None = None  # None: $KUBECONFIG, ~/.kube/config, or in-cluster
+    context: str | None = None
+    namespaces: tuple[str, ...] = ()  # empty: all namespaces (cluster-wide)
+    peering: str | None = None  # a name: mandatory peering (HA); None: kopf's auto-detection
+    standalone: bool = False  # no peering at all (a single replica)
+    priority: int = 0  # peering priority of this instance
+    liveness: str | None = DEFAULT_LIVENESS  # kopf's liveness endpoint; None disables it
+    watch_server_timeout: int = 300  # seconds the API server keeps one watch request open
+    watch_client_timeout: float = 330.0  # seconds the client waits for a watch to end
+    request_timeout: float = 30.0  # seconds for one ordinary API request
+    connect_timeout: float = 10.0
+    cluster_domain: str = "cluster.local"  # for the endpoint URL in status
+    # --- Logging ----------------------------------------------------------------------------
+    log_level: str = "INFO"
+    log_format: str = "json"  # json | plain
+    # --- Serving ----------------------------------------------------------------------------
+    default_server_image: str = DEFAULT_SERVER_IMAGE  # the builtin engine's image
+    # --- Autoscaling: Prometheus ------------------------------------------------------------
+    prometheus_url: str | None = None  # None: autoscaling reports MetricsAvailable=False
+    tick_seconds: float = 15.0
+    prometheus_bearer_token_file: str | None = None
+    prometheus_username: str | None = None
+    prometheus_password_file: str | None = None
+    prometheus_ca_file: str | None = None
+    prometheus_insecure: bool = False
+    prometheus_headers: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    prometheus_timeout: float = 10.0
+    service_label: str = "tokenscale_io_service"  # the Prometheus label carrying the service name
+    namespace_label: str = "namespace"  # the Prometheus label carrying the namespace
+
+    @property
+    def clusterwide(self) -> bool:
+        return not self.namespaces
+
+    def replace(self, **changes: object) -> Settings:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+_current: Settings | None = None
+
+
+def configure(settings: Settings) -> Settings:
+    """Install the settings the operator runs with (once, before it starts)."""
+    global _current
+    _current = settings
+    return settings
+
+
+def get() -> Settings:
+    """The installed settings, or the defaults when nothing was configured (unit tests)."""
+    return _current if _current is not None else Settings()
