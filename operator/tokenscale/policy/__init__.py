@@ -1,1 +1,17 @@
-"""tokenscale.policy"""
+"""tokenscale.policy: the scaling decision, pure and replayable (see docs/policy.md)."""
+
+from .decide import decide, replicas_for
+from .history import history_from_status, history_to_status
+from .types import Decision, History, Recommendation, ReplicaState, Signals
+
+__all__ = [
+    "Decision",
+    "History",
+    "Recommendation",
+    "ReplicaState",
+    "Signals",
+    "decide",
+    "history_from_status",
+    "history_to_status",
+    "replicas_for",
+]

@@ -17,6 +17,9 @@ class Signals:
     tokens_per_second: float | None = None  # generated tokens/s, short rate window
     tokens_per_second_long: float | None = None  # generated tokens/s, long rate window
     prompt_tokens_per_second: float | None = None
+    # generated tokens per finished request (e.g. rate of the generation-length histogram's
+    # _sum over its _count); optional: without it the policy estimates the backlog's size
+    mean_output_tokens: float | None = None
     queue_depth: float | None = None  # requests waiting, all replicas
     running_requests: float | None = None  # requests in the running batch, all replicas
     kv_cache_usage: float | None = None  # mean over replicas, 0..1
