@@ -49,6 +49,7 @@ demo: setup
 # Generated files: regenerate, then `make test` checks them for drift.
 crds: $(STAMP)
 	$(BIN)/tokenscale crd > crds/tokenscale.io_inferenceservices.yaml
+	cp crds/tokenscale.io_inferenceservices.yaml charts/tokenscale/files/crds/
 	$(BIN)/tokenscale crd --reference > docs/configuration.md
 
 manifests: $(STAMP)

@@ -1,0 +1,62 @@
+{{/*
+The operator's permissions, kept to the calls it makes (tests/unit/test_rbac.py replays every request
+an operator run sends to the emulated API server against these rules; docs/install.md lists them).
+"namespacedRules" apply where InferenceServices live: a ClusterRole when all namespaces are
+watched, a Role in each watched namespace otherwise. "clusterRules" are cluster-scoped reads.
+*/}}
+
+{{- define "tokenscale.namespacedRules" -}}
+# The custom resource: kopf watches it, patches finalizers and its progress annotations.
+- apiGroups: ["tokenscale.io"]
+  resources: ["inferenceservices"]
+  verbs: ["get", "list", "watch", "patch"]
+# Status is the operator's only write to an InferenceService besides kopf's metadata.
+- apiGroups: ["tokenscale.io"]
+  resources: ["inferenceservices/status"]
+  verbs: ["get", "patch"]
+# The children of each InferenceService.
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: ["monitoring.coreos.com"]
+  resources: ["podmonitors"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# Pods are read to count replicas that cannot be scheduled (no GPU).
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list", "watch"]
+# kopf reports handler results and every scaling decision as Events.
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
+{{- if and .Values.ha.enabled .Values.watchNamespaces }}
+# Namespaced peering: one KopfPeering per watched namespace.
+- apiGroups: ["kopf.dev"]
+  resources: ["kopfpeerings"]
+  verbs: ["get", "list", "watch", "patch"]
+{{- end }}
+{{- end }}
+
+{{- define "tokenscale.clusterRules" -}}
+# kopf watches CRDs to notice its resource being installed, upgraded or removed.
+- apiGroups: ["apiextensions.k8s.io"]
+  resources: ["customresourcedefinitions"]
+  verbs: ["list", "watch"]
+{{- if .Values.watchNamespaces }}
+# With a namespace list, kopf lists and watches namespaces to learn which of them exist.
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["list", "watch"]
+{{- else if .Values.ha.enabled }}
+# Cluster-wide peering: the replicas meet in one ClusterKopfPeering.
+- apiGroups: ["kopf.dev"]
+  resources: ["clusterkopfpeerings"]
+  verbs: ["get", "list", "watch", "patch"]
+{{- end }}
+{{- end }}
