@@ -28,6 +28,7 @@ from typing import Any
 import aiohttp
 
 from tokenscale.local.children import Children
+from tokenscale.local.prometheus import ScrapeTarget
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,7 @@ PROM_NAMESPACE_LABEL = "namespace"
 
 # How to run one replica of a Deployment: (deployment, port) -> argv.
 CommandFor = Callable[[dict[str, Any], int], Sequence[str]]
-# Prometheus file_sd target groups: [{"targets": ["host:port"], "labels": {...}}, ...]
-TargetsSink = Callable[[list[dict[str, Any]]], None]
+TargetsSink = Callable[[list[ScrapeTarget]], None]  # e.g. PrometheusServer.set_targets
 EndpointsSink = Callable[[dict[str, str]], None]
 
 
@@ -232,14 +232,14 @@ class Kubelet:
         if self.publish_targets is not None:
             self.publish_targets(
                 [
-                    {
-                        "targets": [r.address],
-                        "labels": {
+                    ScrapeTarget(
+                        r.address,
+                        {
                             PROM_NAMESPACE_LABEL: self.namespace,
                             PROM_SERVICE_LABEL: r.labels.get(SERVICE_LABEL, r.deployment),
                             "pod": r.name,
                         },
-                    }
+                    )
                     for r in ready
                 ]
             )
