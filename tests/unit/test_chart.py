@@ -1,0 +1,521 @@
+"""The Helm chart: lint, render in every mode, validate each object, schema, drift, Prometheus rules.
+
+Rendering goes through the Helm SDK in-process (helm-python-sdk: no helm binary, no download), built-in
+kinds are validated against Kubernetes' own OpenAPI schemas (kubernetes-validate --strict), custom
+kinds against their CRDs or, for the Prometheus Operator's kinds, against the structure they need.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import helm_python
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.support import crdcheck
+from tokenscale.api.crd import crd as generated_crd
+from tokenscale.cli import build_parser
+from tokenscale.commands import render_install
+from tokenscale.commands.run import settings_from_args
+from tokenscale.engines.metric_names import METRIC_NAMES
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "tokenscale"
+KUBERNETES_VERSION = "1.33"
+RELEASE, NAMESPACE = "tokenscale", "tokenscale-system"
+
+SCENARIOS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "namespaced": {"watchNamespaces": ["team-a", "team-b"]},
+    "ha": {"ha": {"enabled": True}, "replicaCount": 3},
+    "ha-namespaced": {"ha": {"enabled": True}, "watchNamespaces": ["team-a", "team-b"]},
+    "monitoring": {
+        "monitoring": {
+            "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+            "podMonitor": {"enabled": True},
+            "kubeStateMetrics": {"enabled": True},
+        }
+    },
+    "network-policy": {
+        "networkPolicy": {
+            "enabled": True,
+            "apiServerCIDRs": ["10.0.0.1/32"],
+            "prometheus": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}},
+        }
+    },
+    "prometheus-auth": {
+        "prometheus": {
+            "url": "https://prometheus.example.internal",
+            "timeoutSeconds": 5,
+            "headers": {"X-Scope-OrgID": "team-a"},
+            "auth": {
+                "bearerToken": {"secretName": "prom-token"},
+                "basicAuth": {"username": "tokenscale", "passwordSecretName": "prom-password"},
+            },
+            "ca": {"configMapName": "prom-ca"},
+        },
+        "defaultServerImage": "registry.example/tokenscale-server:1",
+        "logLevel": "debug",
+        "tickSeconds": 5,
+    },
+}
+
+# The Prometheus Operator's kinds: the structure the operator needs to accept them (no CRD here).
+_SELECTOR = {"type": "object", "properties": {"matchLabels": {"type": "object"}, "matchExpressions": {"type": "array"}}}
+_MONITORING_SCHEMAS = {
+    "PodMonitor": {
+        "type": "object",
+        "required": ["spec"],
+        "properties": {
+            "spec": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["selector", "podMetricsEndpoints"],
+                "properties": {
+                    "selector": _SELECTOR,
+                    "namespaceSelector": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {"any": {"type": "boolean"}, "matchNames": {"type": "array", "items": {"type": "string"}}},
+                    },
+                    "podTargetLabels": {"type": "array", "items": {"type": "string"}},
+                    "podMetricsEndpoints": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "properties": {
+                                "port": {"type": "string"},
+                                "path": {"type": "string", "pattern": "^/"},
+                                "interval": {"type": "string", "pattern": "^([0-9]+(ms|s|m|h))+$"},
+                            },
+                        },
+                    },
+                },
+            }
+        },
+    },
+    "PrometheusRule": {
+        "type": "object",
+        "required": ["spec"],
+        "properties": {
+            "spec": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["groups"],
+                "properties": {
+                    "groups": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["name", "rules"],
+                            "properties": {
+                                "name": {"type": "string"},
+                                "rules": {
+                                    "type": "array",
+                                    "items": {
+                                        "type": "object",
+                                        "additionalProperties": False,
+                                        "required": ["expr"],
+                                        "oneOf": [{"required": ["record"]}, {"required": ["alert"]}],
+                                        "properties": {
+                                            "record": {"type": "string"},
+                                            "alert": {"type": "string"},
+                                            "expr": {"type": "string"},
+                                            "for": {"type": "string"},
+                                            "labels": {"type": "object"},
+                                            "annotations": {"type": "object"},
+                                        },
+                                    },
+                                },
+                            },
+                        },
+                    }
+                },
+            }
+        },
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def chart():
+    with helm_python.Chart.load(CHART) as loaded:
+        yield loaded
+
+
+def render(chart, values: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every object the chart renders, the chart's crds/ included."""
+    objects = [yaml.safe_load(crd["data"]) for crd in chart.crds]
+    for name, text in chart.render(values, name=RELEASE, namespace=NAMESPACE).items():
+        if not name.endswith("NOTES.txt"):
+            objects += [doc for doc in yaml.safe_load_all(text) if doc]
+    return objects
+
+
+def by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [obj for obj in objects if obj["kind"] == kind]
+
+
+def one(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    (found,) = by_kind(objects, kind)
+    return found
+
+
+def operator_container(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    (container,) = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def run_settings(objects: list[dict[str, Any]]):
+    """The operator's Settings as `tokenscale run` parses the rendered args: the flags must be real."""
+    args = operator_container(objects)["args"]
+    assert args[0] == "run"
+    return settings_from_args(build_parser("run").parse_args(args))
+
+
+# --- lint, render, validate ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scenario", ["defaults", "namespaced", "ha", "monitoring", "network-policy"])
+def test_helm_lint_strict_passes(scenario):
+    report = helm_python.lint(CHART, SCENARIOS[scenario], strict=True)
+    problems = [m for m in report["messages"] if m["severity"] >= 2]
+    assert report["errors"] == [] and problems == [], report
+
+
+def test_chart_versions_follow_the_package():
+    metadata = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    package = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    assert metadata["version"] == package and metadata["appVersion"] == package
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_every_object_validates(chart, scenario):
+    objects = render(chart, SCENARIOS[scenario])
+    peering_crds = {c["spec"]["names"]["kind"]: c for c in by_kind(objects, "CustomResourceDefinition")}
+    checked = 0
+    for obj in objects:
+        group = obj["apiVersion"].rpartition("/")[0]
+        if group == "monitoring.coreos.com":
+            jsonschema.validate(obj, _MONITORING_SCHEMAS[obj["kind"]])
+        elif group == "kopf.dev":
+            assert crdcheck.validate(obj, peering_crds[obj["kind"]]) == []
+        else:
+            try:
+                kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+            except kubernetes_validate.ValidationError as error:
+                pytest.fail(f"{obj['kind']} {obj['metadata']['name']}: {error.message}")
+        assert obj["metadata"]["name"]
+        checked += 1
+    assert checked == len(objects) >= 8
+
+
+def test_defaults_install_everything_for_all_namespaces(chart):
+    objects = render(chart, {})
+    kinds = sorted(obj["kind"] for obj in objects)
+    assert kinds == sorted(
+        ["CustomResourceDefinition"] * 3
+        + ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment", "PodDisruptionBudget"]
+    )
+    settings = run_settings(objects)
+    assert settings.clusterwide and settings.standalone and settings.peering is None
+    assert settings.prometheus_url == "http://prometheus-operated.monitoring.svc:9090"
+    assert (settings.service_label, settings.namespace_label) == ("tokenscale_io_service", "namespace")
+    assert settings.tick_seconds == 15 and settings.log_level == "INFO"
+    assert settings.liveness == "http://0.0.0.0:8080/healthz"
+    deployment = one(objects, "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    assert one(objects, "PodDisruptionBudget")["spec"] == {
+        "maxUnavailable": 1,
+        "selector": deployment["spec"]["selector"],
+    }
+    binding = one(objects, "ClusterRoleBinding")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": RELEASE, "namespace": NAMESPACE}]
+
+
+def test_the_operator_pod_is_hardened(chart):
+    deployment = one(render(chart, {}), "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    container = operator_container([deployment])
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "privileged": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+    probe = container["livenessProbe"]["httpGet"]
+    assert probe["path"] == "/healthz" and probe["port"] == "health"
+    assert {"name": "health", "containerPort": 8080, "protocol": "TCP"} in container["ports"]
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]  # writable /tmp only
+
+
+def test_namespaced_mode_grants_roles_only_in_the_watched_namespaces(chart):
+    objects = render(chart, SCENARIOS["namespaced"])
+    assert run_settings(objects).namespaces == ("team-a", "team-b")
+    roles = by_kind(objects, "Role")
+    bindings = by_kind(objects, "RoleBinding")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+    for binding in bindings:
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": RELEASE}
+        assert binding["subjects"][0]["namespace"] == NAMESPACE
+    cluster_resources = {res for rule in one(objects, "ClusterRole")["rules"] for res in rule["resources"]}
+    # Cluster-wide only what is cluster-scoped: nothing that lives in a namespace.
+    assert cluster_resources == {"customresourcedefinitions", "namespaces"}
+
+
+def test_ha_runs_several_peered_replicas(chart):
+    objects = render(chart, SCENARIOS["ha"])
+    deployment = one(objects, "Deployment")
+    assert deployment["spec"]["replicas"] == 3
+    # HA with the default replicaCount of 1 still runs two.
+    assert one(render(chart, {"ha": {"enabled": True}}), "Deployment")["spec"]["replicas"] == 2
+    settings = run_settings(objects)
+    assert settings.peering == RELEASE and not settings.standalone
+    assert one(objects, "ClusterKopfPeering")["metadata"]["name"] == RELEASE
+    assert one(objects, "PodDisruptionBudget")["spec"]["minAvailable"] == 1
+    anti = deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    assert anti["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]["topologyKey"] == (
+        "kubernetes.io/hostname"
+    )
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in operator_container(objects)["env"]}
+    assert env["POD_ID"] == "metadata.name"  # kopf's identity of each replica in the peering
+
+
+def test_ha_in_namespaced_mode_peers_in_each_namespace(chart):
+    objects = render(chart, SCENARIOS["ha-namespaced"])
+    peerings = by_kind(objects, "KopfPeering")
+    assert sorted(p["metadata"]["namespace"] for p in peerings) == ["team-a", "team-b"]
+    assert not by_kind(objects, "ClusterKopfPeering")
+
+
+def test_replicas_without_peering_are_refused(chart):
+    with pytest.raises(helm_python.HelmError, match="needs ha.enabled=true"):
+        chart.render({"replicaCount": 2}, name=RELEASE, namespace=NAMESPACE)
+
+
+def test_prometheus_auth_reaches_the_operator_from_secrets(chart):
+    objects = render(chart, SCENARIOS["prometheus-auth"])
+    settings = run_settings(objects)
+    mounts = {m["name"]: m["mountPath"] for m in operator_container(objects)["volumeMounts"]}
+    volumes = {v["name"]: v for v in one(objects, "Deployment")["spec"]["template"]["spec"]["volumes"]}
+    assert settings.prometheus_bearer_token_file == mounts["prometheus-bearer-token"] + "/token"
+    assert volumes["prometheus-bearer-token"]["secret"]["secretName"] == "prom-token"
+    assert settings.prometheus_username == "tokenscale"
+    assert settings.prometheus_password_file == mounts["prometheus-password"] + "/password"
+    assert volumes["prometheus-password"]["secret"]["secretName"] == "prom-password"
+    assert settings.prometheus_ca_file == mounts["prometheus-ca"] + "/ca.crt"
+    assert volumes["prometheus-ca"]["configMap"]["name"] == "prom-ca"
+    assert settings.prometheus_headers == (("X-Scope-OrgID", "team-a"),)
+    assert settings.prometheus_timeout == 5 and settings.tick_seconds == 5
+    assert settings.default_server_image == "registry.example/tokenscale-server:1"
+    assert settings.log_level == "DEBUG"
+    # No secret value is ever in the pod spec: only references.
+    assert "secretKeyRef" not in yaml.safe_dump(one(objects, "Deployment"))
+
+
+def test_network_policy_allows_only_dns_api_server_and_prometheus(chart):
+    policy = one(render(chart, SCENARIOS["network-policy"]), "NetworkPolicy")
+    spec = policy["spec"]
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
+    assert spec["ingress"] == [{"ports": [{"port": 8080, "protocol": "TCP"}]}]
+    dns, api, prometheus = spec["egress"]
+    assert {p["port"] for p in dns["ports"]} == {53}
+    assert [p["port"] for p in api["ports"]] == [443, 6443] and api["to"] == [{"ipBlock": {"cidr": "10.0.0.1/32"}}]
+    assert prometheus["ports"] == [{"port": 9090, "protocol": "TCP"}]
+    assert prometheus["to"][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "monitoring"}
+
+
+def test_pod_monitor_gives_prometheus_the_service_label(chart):
+    objects = render(chart, SCENARIOS["monitoring"])
+    monitor = one(objects, "PodMonitor")
+    assert monitor["spec"]["podTargetLabels"] == ["tokenscale.io/service"]
+    assert monitor["spec"]["namespaceSelector"] == {"any": True}
+    # The Prometheus Operator renders tokenscale.io/service as tokenscale_io_service: the label the
+    # operator groups by, by default.
+    assert run_settings(objects).service_label == "tokenscale_io_service"
+    namespaced = one(render(chart, {**SCENARIOS["monitoring"], "watchNamespaces": ["a", "b"]}), "PodMonitor")
+    assert namespaced["spec"]["namespaceSelector"] == {"matchNames": ["a", "b"]}
+
+
+# --- values schema -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"replicaCount": "two"}, "at '/replicaCount': got string, want integer"),
+        ({"replicaCont": 2}, "additional properties 'replicaCont' not allowed"),
+        ({"ha": {"enable": True}}, "at '/ha': additional properties 'enable' not allowed"),
+        ({"watchNamespaces": "team-a"}, "at '/watchNamespaces': got string, want array"),
+        ({"watchNamespaces": ["Team_A"]}, "at '/watchNamespaces/0'"),
+        ({"prometheus": {"url": "prometheus:9090"}}, "at '/prometheus/url'"),
+        ({"logLevel": "verbose"}, "at '/logLevel'"),
+        ({"tickSeconds": 0}, "at '/tickSeconds'"),
+        ({"labels": {"service": "tokenscale.io/service"}}, "at '/labels/service'"),
+        ({"monitoring": {"prometheusRule": {"rateWindow": "one minute"}}}, "rateWindow"),
+    ],
+)
+def test_values_typos_are_rejected_with_a_clear_message(chart, values, message):
+    with pytest.raises(helm_python.HelmValuesError) as raised:
+        chart.render(values, name=RELEASE, namespace=NAMESPACE)
+    assert message in str(raised.value)
+
+
+def test_the_default_values_satisfy_the_schema(chart):
+    chart.validate_schema(yaml.safe_load((CHART / "values.yaml").read_text()))
+
+
+# --- generated files ---------------------------------------------------------------------------------
+
+
+def test_the_chart_carries_the_generated_crd_byte_for_byte():
+    copy = CHART / "files" / "crds" / "tokenscale.io_inferenceservices.yaml"
+    generated = REPO / "crds" / "tokenscale.io_inferenceservices.yaml"
+    assert copy.read_bytes() == generated.read_bytes(), "the chart's CRD copy is stale: run `make crds`"
+
+
+def test_the_rendered_crd_is_the_generated_one_kept_on_uninstall(chart):
+    (crd,) = [o for o in render(chart, {}) if o["metadata"]["name"] == "inferenceservices.tokenscale.io"]
+    assert crd["metadata"].pop("annotations") == {"helm.sh/resource-policy": "keep"}
+    assert crd == generated_crd()
+    names = [o["metadata"]["name"] for o in render(chart, {"crds": {"install": False}})]
+    assert "inferenceservices.tokenscale.io" not in names
+
+
+def test_install_yaml_is_the_chart_rendered_with_defaults(chart):
+    committed = (REPO / "manifests" / "install.yaml").read_text()
+    assert committed == render_install.render_install(), "manifests/install.yaml is stale: run `make manifests`"
+    docs = [doc for doc in yaml.safe_load_all(committed) if doc]
+    assert docs[0] == {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": NAMESPACE, "labels": {"app.kubernetes.io/part-of": "tokenscale"}},
+    }
+    # The same objects `helm install` creates, CRDs before anything that needs them.
+    assert sorted(map(yaml.safe_dump, docs[1:])) == sorted(map(yaml.safe_dump, render(chart, {})))
+    kinds = [doc["kind"] for doc in docs]
+    assert kinds.index("Deployment") > max(i for i, k in enumerate(kinds) if k == "CustomResourceDefinition")
+
+
+# --- Prometheus rules --------------------------------------------------------------------------------
+
+
+def rule_groups(chart, values: dict[str, Any] | None = None) -> dict[str, Any]:
+    values = values or SCENARIOS["monitoring"]
+    return {"groups": one(render(chart, values), "PrometheusRule")["spec"]["groups"]}
+
+
+def test_recording_rules_cover_every_engine_metric_name():
+    """The chart's metric names per signal are tokenscale.engines.metric_names', every spelling."""
+    helper = (CHART / "templates" / "_signals.tpl").read_text()
+    body = helper.split('define "tokenscale.signalMetrics" -}}')[1].split("{{- end }}")[0]
+    in_chart = {signal: set(names) for signal, names in yaml.safe_load(body).items()}
+    expected: dict[str, set[str]] = {}
+    for names in METRIC_NAMES.values():
+        for signal in in_chart:
+            expected.setdefault(signal, set()).update(getattr(names, signal))
+    assert in_chart == expected
+
+
+def test_rules_follow_the_configured_label_names(chart):
+    groups = rule_groups(chart, {**SCENARIOS["monitoring"], "labels": {"service": "svc", "namespace": "ns"}})
+    for rule in groups["groups"][0]["rules"]:
+        assert "by (ns, svc" in rule["expr"] and 'svc!=""' in rule["expr"]
+        assert "tokenscale_io_service" not in rule["expr"]
+
+
+def promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["promtool", *args], cwd=cwd, capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.prometheus
+def test_promtool_checks_the_rendered_rules(chart, tmp_path):
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rule_groups(chart)))
+    result = promtool("check", "rules", "rules.yaml", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 9 rules found" in result.stdout
+
+
+# Two services: a vLLM pod exporting the colon names, a second vLLM pod of the same service scraped as
+# OpenMetrics (underscored names), and a TGI service. Counters grow per minute by the numbers below.
+_RULE_TESTS = """
+rule_files: [rules.yaml]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: 'vllm:generation_tokens_total{namespace="ml",tokenscale_io_service="llama",pod="llama-a"}'
+        values: '0+6000x10'
+      - series: 'vllm_generation_tokens_total{namespace="ml",tokenscale_io_service="llama",pod="llama-b"}'
+        values: '0+3000x10'
+      - series: 'tgi_request_generated_tokens_sum{namespace="ml",tokenscale_io_service="mistral",pod="m-a"}'
+        values: '0+1200x10'
+      - series: 'vllm:num_requests_waiting{namespace="ml",tokenscale_io_service="llama",pod="llama-a"}'
+        values: '3x10'
+      - series: 'vllm_num_requests_waiting{namespace="ml",tokenscale_io_service="llama",pod="llama-b"}'
+        values: '5x10'
+      - series: 'tgi_queue_size{namespace="ml",tokenscale_io_service="mistral",pod="m-a"}'
+        values: '7x10'
+      - series: 'tokenscale_inferenceservice_status_condition{namespace="ml",name="llama",type="MetricsAvailable",reason="PrometheusUnreachable"}'
+        values: '1 1 0x10'
+      - series: 'tokenscale_inferenceservice_status_condition{namespace="ml",name="mistral",type="ScalingLimited",reason="Unschedulable"}'
+        values: '1x12'
+      - series: 'tokenscale_inferenceservice_status_condition{namespace="ml",name="mistral",type="MetricsAvailable",reason="Fresh"}'
+        values: '1x12'
+    promql_expr_test:
+      - expr: tokenscale_service:generated_tokens:rate1m
+        eval_time: 5m
+        exp_samples:
+          - labels: 'tokenscale_service:generated_tokens:rate1m{namespace="ml",tokenscale_io_service="llama"}'
+            value: 150
+          - labels: 'tokenscale_service:generated_tokens:rate1m{namespace="ml",tokenscale_io_service="mistral"}'
+            value: 20
+      - expr: tokenscale_service:queue_depth:sum
+        eval_time: 5m
+        exp_samples:
+          - labels: 'tokenscale_service:queue_depth:sum{namespace="ml",tokenscale_io_service="llama"}'
+            value: 8
+          - labels: 'tokenscale_service:queue_depth:sum{namespace="ml",tokenscale_io_service="mistral"}'
+            value: 7
+    alert_rule_test:
+      - alertname: TokenscaleMetricsUnavailable
+        eval_time: 5m
+        exp_alerts: []
+      - alertname: TokenscaleMetricsUnavailable
+        eval_time: 12m
+        exp_alerts:
+          - exp_labels: {severity: warning, namespace: ml, name: llama, type: MetricsAvailable, reason: PrometheusUnreachable}
+            exp_annotations:
+              summary: 'ml/llama: no serving metrics, autoscaling holds'
+              description: "The operator cannot read this InferenceService's signals from Prometheus (reason PrometheusUnreachable). It holds the replica count and never scales down on missing data; check Prometheus and the pods' scraping."
+      - alertname: TokenscaleScalingLimited
+        eval_time: 11m
+        exp_alerts:
+          - exp_labels: {severity: warning, namespace: ml, name: mistral, type: ScalingLimited, reason: Unschedulable}
+            exp_annotations:
+              summary: 'ml/mistral: scaling is limited (Unschedulable)'
+              description: 'The autoscaler wants a replica count it cannot reach: maxReplicas, or pods that cannot be scheduled (no free GPU). Demand may be going unserved.'
+"""
+
+
+@pytest.mark.prometheus
+def test_promtool_unit_tests_the_rules(chart, tmp_path):
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rule_groups(chart)))
+    (tmp_path / "tests.yaml").write_text(_RULE_TESTS)
+    result = promtool("test", "rules", "tests.yaml", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
