@@ -98,6 +98,7 @@ def test_signals_per_service_match_the_fixture_rates(scraped):
         assert got.queue_depth == sum(p[3] for p in pods), (key, got)
         assert got.running_requests == sum(p[4] for p in pods), (key, got)
         assert got.ready_pods_reporting == len(pods), (key, got)
+        assert _close(got.mean_output_tokens, 100.0), (key, got)  # the fixtures' 100 tokens a request
         assert got.sample_age_seconds is not None and 0 <= got.sample_age_seconds < 3, (key, got)
         if engine == "tgi":  # TGI exports neither KV use nor TTFT: missing, never zero
             assert got.kv_cache_usage is None and got.ttft_p90_seconds is None

@@ -27,6 +27,7 @@ class EngineMetricNames:
     prompt_tokens: tuple[str, ...]  # counter of prompt tokens (or a histogram's _sum)
     queue_depth: tuple[str, ...]  # gauge: requests waiting
     running_requests: tuple[str, ...]  # gauge: requests in the running batch
+    finished_requests: tuple[str, ...] = ()  # counter of finished requests (mean output length)
     kv_cache_usage: tuple[str, ...] = ()  # gauge 0..1
     ttft_histogram: tuple[str, ...] = ()  # histogram base name, seconds
 
@@ -47,6 +48,7 @@ _VLLM = EngineMetricNames(
     prompt_tokens=_prefixed("vllm", "prompt_tokens_total"),
     queue_depth=_prefixed("vllm", "num_requests_waiting"),
     running_requests=_prefixed("vllm", "num_requests_running"),
+    finished_requests=_prefixed("vllm", "request_success_total"),
     kv_cache_usage=_prefixed("vllm", "kv_cache_usage_perc"),
     ttft_histogram=_prefixed("vllm", "time_to_first_token_seconds"),
 )
@@ -57,6 +59,7 @@ _SGLANG = EngineMetricNames(
     prompt_tokens=_prefixed("sglang", "prompt_tokens_total"),
     queue_depth=_prefixed("sglang", "num_queue_reqs"),
     running_requests=_prefixed("sglang", "num_running_reqs"),
+    finished_requests=_prefixed("sglang", "num_requests_total"),
     kv_cache_usage=_prefixed("sglang", "token_usage"),
     ttft_histogram=_prefixed("sglang", "time_to_first_token_seconds"),
 )
@@ -69,6 +72,7 @@ _TGI = EngineMetricNames(
     prompt_tokens=("tgi_request_input_length_sum",),
     queue_depth=("tgi_queue_size",),
     running_requests=("tgi_batch_current_size",),
+    finished_requests=("tgi_request_generated_tokens_count",),
 )
 
 # trtllm-serve (TensorRT-LLM >= 1.1, iteration stats on): the underscore name is its own; the
@@ -79,6 +83,7 @@ _TRTLLM = EngineMetricNames(
     prompt_tokens=("trtllm_prompt_tokens_total", "trtllm:prompt_tokens_total"),
     queue_depth=("trtllm_num_requests_waiting", "trtllm:num_requests_waiting"),
     running_requests=("trtllm_num_requests_running", "trtllm:num_requests_running"),
+    finished_requests=("trtllm_request_success_total", "trtllm:request_success_total"),
     kv_cache_usage=("trtllm_kv_cache_utilization", "trtllm:kv_cache_utilization"),
     ttft_histogram=("trtllm_time_to_first_token_seconds", "trtllm:time_to_first_token_seconds"),
 )

@@ -114,6 +114,13 @@ def counter_rate(names: tuple[str, ...], window: str, grouping: Grouping) -> str
     return f"sum by ({grouping.service}) ({inner})"
 
 
+def counter_ratio(
+    numerator: tuple[str, ...], denominator: tuple[str, ...], window: str, grouping: Grouping
+) -> str:
+    """One counter's rate over another's, per service (e.g. generated tokens per finished request)."""
+    return f"{counter_rate(numerator, window, grouping)} / {counter_rate(denominator, window, grouping)}"
+
+
 def gauge_sum(names: tuple[str, ...], grouping: Grouping) -> str:
     """A gauge summed over each service's pods (queue depth, running requests)."""
     per_pod = [f"sum by ({grouping.pod}) ({grouping.serving(name)})" for name in names]
@@ -180,6 +187,10 @@ def signal_queries(names: EngineMetricNames, windows: Windows, grouping: Groupin
         "sample_age_seconds": newest_sample_age(names.queue_depth, grouping),
         "ready_pods_reporting": pods_reporting(names.queue_depth, grouping),
     }
+    if names.finished_requests:
+        queries["mean_output_tokens"] = counter_ratio(
+            names.generated_tokens, names.finished_requests, windows.long, grouping
+        )
     if names.kv_cache_usage:
         queries["kv_cache_usage"] = gauge_mean(names.kv_cache_usage, grouping)
     if names.ttft_histogram:
