@@ -96,3 +96,40 @@ class ModelRunner:
         ).last_hidden_state
         last = hidden[torch.arange(rows, device=device), (lengths - 1).to(device)]
         return self.lm_head(last).float()
+
+
+def kv_bytes_per_slot(loaded: LoadedModel, max_len: int) -> int:
+    config = loaded.model.config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    element = torch.tensor([], dtype=loaded.dtype).element_size()
+    return 2 * config.num_hidden_layers * kv_heads * head_dim * (max_len + 1) * element
+
+
+def _free_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free * 0.85)  # leave room for activations and the allocator
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024 // 4  # a CPU server shares the machine
+    except OSError:
+        pass
+    return 2 << 30
+
+
+def derive_limits(loaded: LoadedModel, max_batch: int | None, max_model_len: int | None) -> tuple[int, int]:
+    """Slots and sequence length: the flags where given, else the model's context and what memory holds."""
+    max_len = min(max_model_len or loaded.max_position_embeddings, loaded.max_position_embeddings)
+    if max_model_len and max_model_len > loaded.max_position_embeddings:
+        log.warning("--max-model-len %d exceeds the model's %d positions; using %d", max_model_len,
+                    loaded.max_position_embeddings, max_len)
+    if max_batch:
+        return max_batch, max_len
+    ceiling = 256 if loaded.device.type == "cuda" else 32
+    fits = _free_memory_bytes(loaded.device) // kv_bytes_per_slot(loaded, max_len)
+    if fits < 1:
+        raise RuntimeError(f"not enough memory for one sequence of {max_len} tokens; lower --max-model-len")
+    return int(min(ceiling, fits)), max_len

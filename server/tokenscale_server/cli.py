@@ -1,0 +1,142 @@
+"""`tokenscale-server serve ...` and `tokenscale-server tiny-model DIR`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import threading
+import time
+
+log = logging.getLogger("tokenscale_server")
+
+
+def _add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="serve a model over the OpenAI API")
+    p.add_argument("--model", required=True, help="a local model directory or a Hugging Face hub id")
+    p.add_argument("--served-model-name", action="append", default=None,
+                   help="name(s) clients use in `model` (default: --model); repeat for aliases")
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-batch", type=int, default=None,
+                   help="KV-cache slots = sequences decoded together (default: from free memory)")
+    p.add_argument("--max-model-len", type=int, default=None,
+                   help="prompt + output tokens per sequence (default: the model's context)")
+    p.add_argument("--token-budget", type=int, default=None,
+                   help="tokens per engine step, decodes plus prompt chunks (default: max(512, 2 x max-batch))")
+    p.add_argument("--max-waiting", type=int, default=256,
+                   help="waiting-queue bound; beyond it requests get 429 (default 256)")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+                   help="auto: bfloat16 on CUDA, float32 on CPU")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (default: the CPUs this process may use)")
+    p.add_argument("--api-key", default=None,
+                   help="require `Authorization: Bearer KEY` (default: $TOKENSCALE_API_KEY, else open)")
+    p.add_argument("--drain-timeout", type=float, default=30.0,
+                   help="seconds SIGTERM waits for in-flight requests before exiting (default 30)")
+    p.add_argument("--log-level", default="info")
+
+
+def _add_tiny(sub) -> None:
+    p = sub.add_parser("tiny-model", help="build the seeded random tiny Llama used by tests and the demo")
+    p.add_argument("directory")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tokenscale-server", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_serve(sub)
+    _add_tiny(sub)
+    args = parser.parse_args(argv)
+    if args.command == "tiny-model":
+        from .tiny_model import build
+
+        path = build(args.directory)
+        print(f"tiny model ready in {path}")
+        return 0
+    return serve(args)
+
+
+def default_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import torch
+
+    torch.set_num_threads(args.threads or default_threads())
+    import uvicorn
+    from transformers.utils import logging as hf_logging
+
+    from .api import ServerSettings, create_app
+
+    hf_logging.disable_progress_bar()
+    settings = ServerSettings(
+        model=args.model,
+        served_model_names=args.served_model_name or [args.model],
+        device=args.device, dtype=args.dtype, max_batch=args.max_batch, max_model_len=args.max_model_len,
+        token_budget=args.token_budget, max_waiting=args.max_waiting,
+        api_key=args.api_key or os.environ.get("TOKENSCALE_API_KEY") or None,
+        drain_timeout_s=args.drain_timeout,
+    )
+    app = create_app(settings)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level.lower(),
+                            access_log=False, timeout_graceful_shutdown=5)
+    server = DrainingServer(config, app.state.server)
+    app.state.server.on_fatal = server.fail
+    server.run()
+    return server.exit_code
+
+
+class DrainingServer:
+    """uvicorn with Kubernetes-style shutdown: the first SIGTERM turns /ready false and refuses new
+    work (503) while in-flight requests finish, then the process exits 0; a second signal exits now."""
+
+    def __init__(self, config, state):
+        import uvicorn
+
+        outer = self
+
+        class _Server(uvicorn.Server):
+            def handle_exit(self, sig, frame):  # replaces uvicorn's: no re-raise, exit code 0
+                outer._on_signal(sig)
+
+        self.server = _Server(config)
+        self.state = state
+        self.exit_code = 0
+
+    def run(self) -> None:
+        self.server.run()
+
+    def fail(self, reason: str) -> None:
+        self.exit_code = 1
+        self.server.should_exit = True
+
+    def _on_signal(self, sig: int) -> None:
+        if self.state.draining:
+            log.warning("second signal: exiting without waiting for %d requests", self.state.in_flight)
+            self.server.should_exit = True
+            self.server.force_exit = True
+            return
+        log.info("signal %d: draining %d in-flight requests (at most %.0f s)", sig, self.state.in_flight,
+                 self.state.settings.drain_timeout_s)
+        self.state.draining = True
+        threading.Thread(target=self._drain, name="drain", daemon=True).start()
+
+    def _drain(self) -> None:
+        deadline = time.monotonic() + self.state.settings.drain_timeout_s
+        while self.state.in_flight and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self.state.in_flight:
+            log.warning("drain timeout: %d requests still in flight", self.state.in_flight)
+        self.server.should_exit = True
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""The continuous-batching engine in-process: exactness against HF `generate`, sampling, stops,
+aborts and the dense slot layout under churn."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+import pytest
+import torch
+
+from tokenscale_server.engine import Engine, EngineConfig, QueueFull
+from tokenscale_server.metrics import ServerMetrics
+from tokenscale_server.sampling import SamplingParams
+
+
+class Collector:
+    """Gathers the engine's outputs per request, as the HTTP layer would."""
+
+    def __init__(self):
+        self.tokens: dict[str, list[int]] = {}
+        self.text: dict[str, str] = {}
+        self.finish: dict[str, str] = {}
+        self.usage: dict[str, tuple[int, int]] = {}
+        self.done = threading.Condition()
+
+    def __call__(self, outputs):
+        with self.done:
+            for output in outputs:
+                self.tokens.setdefault(output.request_id, []).extend(output.new_token_ids)
+                self.text[output.request_id] = self.text.get(output.request_id, "") + output.text_delta
+                if output.finish_reason:
+                    self.finish[output.request_id] = output.finish_reason
+                    self.usage[output.request_id] = (output.prompt_tokens, output.completion_tokens)
+            self.done.notify_all()
+
+    def wait(self, request_ids, timeout=60.0):
+        with self.done:
+            assert self.done.wait_for(lambda: all(r in self.finish for r in request_ids), timeout), self.finish
+
+
+@pytest.fixture
+def make_engine(tiny_loaded):
+    engines = []
+
+    def make(**config):
+        collector = Collector()
+        engine = Engine(tiny_loaded, EngineConfig(**config), ServerMetrics("tiny"), collector)
+        engine.start()
+        engines.append(engine)
+        return engine, collector
+
+    yield make
+    for engine in engines:
+        engine.stop()
+
+
+def hf_greedy(loaded, prompt_ids, new_tokens):
+    with torch.inference_mode():
+        out = loaded.model.generate(
+            torch.tensor([prompt_ids]), attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
+            max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+    return out[0, len(prompt_ids):].tolist()
+
+
+def random_prompt(tokenizer, rng, words):
+    vocabulary = ["queue", "replica", "token", "scale", "latency", "slot", "model", "GPU", "batch", "42"]
+    return tokenizer(" ".join(rng.choice(vocabulary) for _ in range(words))).input_ids
+
+
+def test_greedy_matches_hf_generate_under_churn(tiny_loaded, make_engine):
+    """Requests arrive while others run and finish at different lengths; prompts longer than the
+    token budget are prefilled in chunks. Every output equals HF generate, token for token."""
+    engine, collected = make_engine(max_batch=4, max_model_len=256, token_budget=24, max_waiting=64)
+    rng = random.Random(7)
+    cases = [(random_prompt(tiny_loaded.tokenizer, rng, rng.randint(1, 30)), rng.randint(1, 40)) for _ in range(10)]
+    ids = []
+    for prompt, length in cases:
+        ids.append(engine.submit(prompt, SamplingParams(max_tokens=length, temperature=0.0, ignore_eos=True)))
+        time.sleep(rng.random() * 0.03)
+    collected.wait(ids)
+    assert any(len(p) > 24 for p, _ in cases), "some prompt must need chunked prefill"
+    for request_id, (prompt, length) in zip(ids, cases, strict=True):
+        assert collected.tokens[request_id] == hf_greedy(tiny_loaded, prompt, length), request_id
+        assert collected.usage[request_id] == (len(prompt), length)
+        assert collected.finish[request_id] == "length"
+    assert engine.scheduler.num_running == 0 and engine.scheduler.num_waiting == 0
+
+
+def test_abort_mid_batch_keeps_neighbours_exact(tiny_loaded, make_engine):
+    """Aborting sequences moves other rows in the cache; the survivors' outputs stay exact."""
+    engine, collected = make_engine(max_batch=6, max_model_len=256, token_budget=64)
+    rng = random.Random(3)
+    prompts = [random_prompt(tiny_loaded.tokenizer, rng, rng.randint(2, 12)) for _ in range(6)]
+    ids = [engine.submit(p, SamplingParams(max_tokens=60, temperature=0.0, ignore_eos=True)) for p in prompts]
+    time.sleep(0.05)
+    for victim in (ids[0], ids[3]):
+        engine.abort(victim)
+    collected.wait(ids)
+    assert collected.finish[ids[0]] == collected.finish[ids[3]] == "abort"
+    for index in (1, 2, 4, 5):
+        assert collected.tokens[ids[index]] == hf_greedy(tiny_loaded, prompts[index], 60)
+    assert engine.scheduler.num_running == 0
+
+
+def test_seeded_sampling_is_reproducible_and_batch_independent(tiny_loaded, make_engine):
+    engine, collected = make_engine(max_batch=8, max_model_len=256)
+    prompt = tiny_loaded.tokenizer("Write a short poem about a queue").input_ids
+    params = dict(max_tokens=30, temperature=0.9, top_p=0.9, top_k=50, ignore_eos=True)
+    alone = engine.submit(prompt, SamplingParams(seed=11, **params))
+    collected.wait([alone])
+    crowd = [engine.submit(prompt, SamplingParams(seed=s, **params)) for s in (11, 12, 11)]
+    collected.wait(crowd)
+    assert collected.tokens[crowd[0]] == collected.tokens[alone] == collected.tokens[crowd[2]]
+    assert collected.tokens[crowd[1]] != collected.tokens[alone]
+
+
+def test_top_k_one_is_greedy(tiny_loaded, make_engine):
+    engine, collected = make_engine(max_batch=2, max_model_len=128)
+    prompt = tiny_loaded.tokenizer("Scale down slowly").input_ids
+    greedy = engine.submit(prompt, SamplingParams(max_tokens=20, temperature=0.0, ignore_eos=True))
+    top1 = engine.submit(prompt, SamplingParams(max_tokens=20, temperature=1.5, top_k=1, ignore_eos=True))
+    collected.wait([greedy, top1])
+    assert collected.tokens[top1] == collected.tokens[greedy]
+
+
+def test_stop_string_cuts_text_and_finishes(tiny_loaded, make_engine):
+    engine, collected = make_engine(max_batch=2, max_model_len=128)
+    prompt = tiny_loaded.tokenizer("The operator reads").input_ids
+    free = engine.submit(prompt, SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True))
+    collected.wait([free])
+    full = collected.text[free]
+    stop = full[len(full) // 2: len(full) // 2 + 3]
+    assert len(stop.strip()) >= 2
+    cut = engine.submit(prompt, SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True, stop=[stop]))
+    collected.wait([cut])
+    assert collected.finish[cut] == "stop"
+    assert collected.text[cut] == full[: full.index(stop)]
+    assert stop not in collected.text[cut]
+
+
+def test_eos_stops_unless_ignored(tiny_loaded, make_engine):
+    engine, collected = make_engine(max_batch=2, max_model_len=128)
+    prompt = tiny_loaded.tokenizer("Hello").input_ids
+    probe = engine.submit(prompt, SamplingParams(max_tokens=5, temperature=0.0, ignore_eos=True))
+    collected.wait([probe])
+    # Declare the third greedy token a stop token: the request ends there with reason "stop".
+    third = collected.tokens[probe][2]
+    stopped = engine.submit(prompt, SamplingParams(max_tokens=5, temperature=0.0, stop_token_ids=[third]))
+    collected.wait([stopped])
+    assert collected.finish[stopped] == "stop"
+    assert collected.tokens[stopped] == collected.tokens[probe][:3]
+
+
+def test_bounded_queue_refuses_beyond_its_limit(tiny_loaded, make_engine):
+    engine, collected = make_engine(max_batch=1, max_model_len=512, max_waiting=2)
+    prompt = tiny_loaded.tokenizer("queue").input_ids
+    params = SamplingParams(max_tokens=400, temperature=0.0, ignore_eos=True)
+    running = engine.submit(prompt, params)
+    collected_ids = [running]
+    deadline = time.monotonic() + 5
+    while engine.scheduler.num_running == 0 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    collected_ids += [engine.submit(prompt, params), engine.submit(prompt, params)]
+    with pytest.raises(QueueFull):
+        engine.submit(prompt, params)
+    for request_id in collected_ids:
+        engine.abort(request_id)
+    collected.wait(collected_ids)
+    assert engine.scheduler.num_waiting == 0 and engine.scheduler.num_running == 0
+
+
+def test_metrics_count_every_token(tiny_loaded, make_engine):
+    engine, collected = make_engine(max_batch=4, max_model_len=256)
+    rng = random.Random(5)
+    prompts = [random_prompt(tiny_loaded.tokenizer, rng, rng.randint(1, 10)) for _ in range(6)]
+    ids = [engine.submit(p, SamplingParams(max_tokens=rng.randint(1, 30), temperature=0.7, seed=1)) for p in prompts]
+    collected.wait(ids)
+    def sample(name):
+        return engine.metrics.registry.get_sample_value(name, {"model_name": "tiny"})
+
+    assert sample("vllm:generation_tokens_total") == sum(len(collected.tokens[i]) for i in ids)
+    assert sample("vllm:prompt_tokens_total") == sum(len(p) for p in prompts)
+    assert sample("vllm:time_to_first_token_seconds_count") == len(ids)
+    assert sample("vllm:request_generation_tokens_sum") == sum(len(collected.tokens[i]) for i in ids)
