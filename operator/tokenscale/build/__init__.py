@@ -1,0 +1,31 @@
+"""Pure builders: the desired children of an InferenceService, drift checks, and status."""
+
+from tokenscale.build.conditions import (
+    DEGRADED,
+    PROGRESSING,
+    READY,
+    degraded_status,
+    endpoint_url,
+    get_condition,
+    set_condition,
+    workload_status,
+)
+from tokenscale.build.drift import differences, parse_quantity
+from tokenscale.build.labels import MANAGED_BY, SERVICE_LABEL, labels, selector_labels, selector_string
+from tokenscale.build.workload import (
+    Children,
+    children,
+    deployment,
+    may_run_several,
+    pod_disruption_budget,
+    pod_monitor,
+    replicas_for,
+    service,
+)
+
+__all__ = [
+    "DEGRADED", "MANAGED_BY", "PROGRESSING", "READY", "SERVICE_LABEL", "Children", "children",
+    "degraded_status", "deployment", "differences", "endpoint_url", "get_condition", "labels",
+    "may_run_several", "parse_quantity", "pod_disruption_budget", "pod_monitor", "replicas_for",
+    "selector_labels", "selector_string", "service", "set_condition", "workload_status",
+]

@@ -1,0 +1,81 @@
+"""Is a live object still what we asked for? (pure)
+
+The API server adds defaults (imagePullPolicy, terminationMessagePath, protocol, ...) and
+rewrites quantities in canonical form ("0.5" -> "500m"), so "equal" means: every field we set
+is present with the same value; fields we did not set are the server's business. Lists must
+have the same length (an extra container or env var someone added is drift).
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+_QUANTITY = re.compile(r"^([+-]?[0-9.]+)([eE][+-]?[0-9]+|[numkKMGTPE]i?|)$")
+_SUFFIX = {
+    "": Decimal(1), "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"),
+    "k": Decimal(10) ** 3, "M": Decimal(10) ** 6, "G": Decimal(10) ** 9, "T": Decimal(10) ** 12,
+    "P": Decimal(10) ** 15, "E": Decimal(10) ** 18,
+    "Ki": Decimal(2) ** 10, "Mi": Decimal(2) ** 20, "Gi": Decimal(2) ** 30, "Ti": Decimal(2) ** 40,
+    "Pi": Decimal(2) ** 50, "Ei": Decimal(2) ** 60,
+}
+
+
+def parse_quantity(value: object) -> Decimal | None:
+    """A Kubernetes quantity as a number, or None when it is not one."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return Decimal(str(value))
+    if not isinstance(value, str):
+        return None
+    match = _QUANTITY.match(value.strip())
+    if not match:
+        return None
+    number, suffix = match.groups()
+    try:
+        base = Decimal(number)
+    except InvalidOperation:
+        return None
+    if suffix[:1] in ("e", "E"):
+        return base * Decimal(10) ** int(suffix[1:])
+    return base * _SUFFIX[suffix] if suffix in _SUFFIX else None
+
+
+def _leaf_equal(desired: Any, actual: Any, quantity: bool) -> bool:
+    if desired == actual:
+        return True
+    if quantity:
+        a, b = parse_quantity(desired), parse_quantity(actual)
+        return a is not None and a == b
+    return False
+
+
+def differences(desired: Any, actual: Any, path: str = "", quantity: bool = False) -> list[str]:
+    """Paths where `actual` departs from `desired` (empty: no drift)."""
+    if isinstance(desired, dict):
+        if not isinstance(actual, dict):
+            return [path or "."]
+        found: list[str] = []
+        for key, value in desired.items():
+            inner_quantity = quantity or key in ("resources", "sizeLimit", "limits", "requests")
+            if key not in actual:
+                if value in ({}, [], None):
+                    continue  # an empty value and an absent one mean the same to the server
+                found.append(f"{path}.{key}")
+                continue
+            found.extend(differences(value, actual[key], f"{path}.{key}", inner_quantity))
+        return found
+    if isinstance(desired, list):
+        if not isinstance(actual, list) or len(actual) != len(desired):
+            return [path]
+        found = []
+        for index, (want, have) in enumerate(zip(desired, actual, strict=True)):
+            found.extend(differences(want, have, f"{path}[{index}]", quantity))
+        return found
+    return [] if _leaf_equal(desired, actual, quantity) else [path]
+
+
+def owned_by(obj: dict[str, Any], owner_uid: str) -> bool:
+    return any(ref.get("uid") == owner_uid for ref in (obj.get("metadata") or {}).get("ownerReferences") or [])

@@ -1,0 +1,34 @@
+"""tokenscale's own continuous-batching server (`tokenscale-server serve`).
+
+Its image runs as non-root with a read-only root filesystem; it reports liveness on /health
+and readiness on /ready (false while loading and while draining after SIGTERM), and exports
+vLLM-compatible metrics on /metrics.
+"""
+
+from __future__ import annotations
+
+from tokenscale.api.models import InferenceServiceSpec
+from tokenscale.engines.base import EngineAdapter, flag
+
+
+class BuiltinAdapter(EngineAdapter):
+    engine = "builtin"
+    image = "ghcr.io/tokenscale/server:latest"  # the operator passes --default-server-image instead
+    ready_path = "/ready"
+    runs_as_non_root = True
+    read_only_root = True
+    drain_seconds = 5  # the server drains itself on SIGTERM (readiness false, finish in flight)
+
+    def command(self) -> list[str]:
+        return ["tokenscale-server", "serve"]
+
+    def engine_args(self, spec: InferenceServiceSpec) -> list[str]:
+        return [
+            "--model", spec.model.source,
+            "--served-model-name", self.served_name(spec),
+            "--host", "0.0.0.0",
+            "--port", str(self.port),
+            "--max-batch", str(spec.engine.max_batch_size),
+            *flag("--max-model-len", spec.engine.max_model_len),
+            "--drain-timeout", str(self.termination_grace_seconds - self.drain_seconds - 10),
+        ]  # fmt: skip
