@@ -7,10 +7,12 @@ kinds against their CRDs or, for the Prometheus Operator's kinds, against the st
 
 from __future__ import annotations
 
+import os
 import subprocess
 import tomllib
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import helm_python
 import jsonschema
@@ -176,10 +178,13 @@ def operator_container(objects: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run_settings(objects: list[dict[str, Any]]):
-    """The operator's Settings as `tokenscale run` parses the rendered args: the flags must be real."""
-    args = operator_container(objects)["args"]
-    assert args[0] == "run"
-    return settings_from_args(build_parser("run").parse_args(args))
+    """The operator's Settings as `tokenscale run` reads the rendered container: the names must be real."""
+    container = operator_container(objects)
+    assert container["args"] == ["run"]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    assert all(name.startswith("TOKENSCALE_") for name in env)
+    with mock.patch.dict(os.environ, env, clear=True):
+        return settings_from_args(build_parser("run").parse_args(["run"]))
 
 
 # --- lint, render, validate ------------------------------------------------------------------------
@@ -290,7 +295,7 @@ def test_ha_runs_several_peered_replicas(chart):
     assert anti["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]["topologyKey"] == (
         "kubernetes.io/hostname"
     )
-    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in operator_container(objects)["env"]}
+    env = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") for e in operator_container(objects)["env"]}
     assert env["POD_ID"] == "metadata.name"  # kopf's identity of each replica in the peering
 
 
