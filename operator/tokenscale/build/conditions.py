@@ -14,6 +14,8 @@ from typing import Any
 READY = "Ready"
 PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
+# Degraded reasons a successful reconcile clears.
+RECOVERABLE = ("RolloutStuck", "AsExpected", "InvalidSpec", "ApplyFailed")
 
 
 def now() -> str:
@@ -95,7 +97,8 @@ def workload_status(deployment: dict[str, Any] | None, *, generation: int | None
                                    observed_generation=generation, at=at)
     else:
         current = get_condition(conditions, DEGRADED)
-        if current is None or current.get("reason") in ("RolloutStuck", "AsExpected"):
+        # A spec that failed before (InvalidSpec, ApplyFailed) has just been realised: clear it.
+        if current is None or current.get("reason") in RECOVERABLE:
             conditions = set_condition(conditions, DEGRADED, False, "AsExpected", "",
                                        observed_generation=generation, at=at)
         elif current.get("status") == "True":

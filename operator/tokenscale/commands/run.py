@@ -191,6 +191,7 @@ def run_operator(settings: Settings, *, stop_flag: Any = None, ready_flag: Any =
             liveness_endpoint=settings.liveness,
             stop_flag=stop_flag,
             ready_flag=ready_flag,
+            memo=kopf.Memo(settings=settings),
         )
     )
 

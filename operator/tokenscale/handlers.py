@@ -1,0 +1,144 @@
+"""kopf wiring, nothing else: each handler reads, calls tokenscale.reconcile / tokenscale.build,
+and records (status, Events). Handlers return None: kopf would otherwise store results under
+status.<handler>, which the CRD's structural status schema prunes.
+
+The operator's Settings arrive in kopf's memo (`memo.settings`, set by `tokenscale run`),
+the kubernetes client in `memo.kube` (set at startup).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import kopf
+import kubernetes
+
+from tokenscale import reconcile
+from tokenscale import settings as settings_module
+from tokenscale.api import GROUP, PLURAL, VERSION, SpecError
+from tokenscale.build import conditions
+from tokenscale.build.labels import MANAGED_BY, SERVICE_LABEL
+from tokenscale.settings import Settings
+
+MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
+RETRY_DELAY = 10.0
+
+
+def _settings(memo: Any) -> Settings:
+    return getattr(memo, "settings", None) or settings_module.get()
+
+
+def _kube(memo: Any) -> reconcile.Kube:
+    if getattr(memo, "kube", None) is None:
+        memo.kube = reconcile.Kube.connect(_settings(memo))
+    return memo.kube
+
+
+# --- operator lifecycle -----------------------------------------------------------------------
+
+
+@kopf.on.login()
+def login(memo: Any, **_: Any) -> kopf.ConnectionInfo:
+    """kopf talks to the same API server, with the same credentials, as the kubernetes client."""
+    configuration = reconcile.load_configuration(_settings(memo))
+    header = (configuration.get_api_key_with_prefix("BearerToken")
+              or configuration.get_api_key_with_prefix("authorization") or "")
+    scheme, _, token = header.partition(" ") if " " in header else (None, "", header or None)
+    return kopf.ConnectionInfo(
+        server=configuration.host, ca_path=configuration.ssl_ca_cert, insecure=not configuration.verify_ssl,
+        username=configuration.username or None, password=configuration.password or None,
+        scheme=scheme, token=token or None,
+        certificate_path=configuration.cert_file, private_key_path=configuration.key_file,
+    )
+
+
+@kopf.on.startup()
+def startup(memo: Any, **_: Any) -> None:
+    memo.kube = reconcile.Kube.connect(_settings(memo))
+
+
+# --- InferenceServices ------------------------------------------------------------------------
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL)
+def serve(body: kopf.Body, reason: str, memo: Any, **_: Any) -> None:
+    """Create or update the serving workload of an InferenceService."""
+    owner = copy.deepcopy(dict(body))
+    settings, kube = _settings(memo), _kube(memo)
+    try:
+        spec = reconcile.parse(owner)
+    except SpecError as error:
+        _report_invalid(kube, body, owner, str(error))
+        raise kopf.PermanentError(f"invalid spec: {error}") from None
+    try:
+        outcome = reconcile.realise(kube, settings, owner, spec)
+    except kubernetes.client.ApiException as error:
+        message = f"applying the serving workload failed: {error.status} {error.reason}"
+        reconcile.write_status(kube, owner, conditions.degraded_status(
+            (owner.get("status") or {}).get("conditions"), reason="ApplyFailed", message=message,
+            generation=owner["metadata"].get("generation")))
+        kopf.warn(body, reason="ApplyFailed", message=message)
+        raise kopf.TemporaryError(message, delay=RETRY_DELAY) from None
+    reconcile.write_status(kube, owner, reconcile.observed_status(settings, owner, spec, outcome.deployment))
+    _announce(body, outcome, verb={"create": "Created", "update": "Updated"}.get(reason, "Reconciled"))
+
+
+def _report_invalid(kube: reconcile.Kube, body: kopf.Body, owner: dict[str, Any], message: str) -> None:
+    status = conditions.degraded_status((owner.get("status") or {}).get("conditions"), reason="InvalidSpec",
+                                        message=message, generation=owner["metadata"].get("generation"))
+    reconcile.write_status(kube, owner, status)
+    kopf.warn(body, reason="InvalidSpec", message=message)
+
+
+def _announce(body: Any, outcome: reconcile.Outcome, verb: str) -> None:
+    for kind, action in outcome.actions.items():
+        if action != "unchanged":
+            kopf.info(body, reason=f"{verb}", message=f"{kind} {action}")
+    for warning in outcome.warnings:
+        kopf.warn(body, reason="MonitoringUnavailable", message=warning)
+
+
+# --- drift: the children ------------------------------------------------------------------------
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
+def deployment_changed(event: dict[str, Any], body: kopf.Body, memo: Any, **_: Any) -> None:
+    """A serving Deployment changed (rollout progress, hand edits, deletion): repair, report."""
+    _child_changed(event, body, memo)
+
+
+@kopf.on.event("v1", "services", labels=MANAGED)
+def service_changed(event: dict[str, Any], body: kopf.Body, memo: Any, **_: Any) -> None:
+    _child_changed(event, body, memo)
+
+
+def _child_changed(event: dict[str, Any], body: kopf.Body, memo: Any) -> None:
+    name, namespace = body.metadata.labels.get(SERVICE_LABEL), body.metadata.namespace
+    if not name or not namespace:
+        return
+    settings, kube = _settings(memo), _kube(memo)
+    owner = reconcile.read_service(kube, namespace, name)
+    if owner is None or owner["metadata"].get("deletionTimestamp"):
+        return  # the service is going away; garbage collection takes the children
+    owners = body.metadata.get("ownerReferences") or []
+    if owners and not any(ref.get("uid") == owner["metadata"]["uid"] for ref in owners):
+        return  # a namesake left by an older object: not ours to touch
+    try:
+        spec = reconcile.parse(owner)
+    except SpecError:
+        return  # already reported as Degraded by `serve`
+    outcome = reconcile.realise(kube, settings, owner, spec)
+    reconcile.write_status(kube, owner, reconcile.observed_status(settings, owner, spec, outcome.deployment))
+    if any(action in ("created", "updated") for action in outcome.actions.values()):
+        change = "deleted" if event.get("type") == "DELETED" else "changed"
+        kopf.info(owner, reason="Repaired",
+                  message=f"{body.get('kind', 'child')} {body.metadata.name} was {change} outside tokenscale; restored")
+
+
+# --- autoscaling ------------------------------------------------------------------------------------
+# The autoscaler's kopf timer on InferenceServices (interval = Settings.tick_seconds) goes here:
+# it reads signals (tokenscale.metrics), calls tokenscale.policy.decide, scales the Deployment and
+# records conditions with tokenscale.build.conditions.set_condition.

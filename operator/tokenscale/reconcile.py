@@ -1,0 +1,277 @@
+"""The operator's I/O: read the cluster, apply the pure builders' output, write status.
+
+`handlers.py` wires kopf to these functions; everything decided here comes from
+tokenscale.build (pure). The kubernetes client is used synchronously: kopf runs sync handlers
+in its thread pool.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import kubernetes
+
+from tokenscale import build
+from tokenscale.api import (
+    API_VERSION,
+    GROUP,
+    KIND,
+    PLURAL,
+    VERSION,
+    InferenceServiceSpec,
+    SpecError,
+    parse_spec,
+)
+from tokenscale.build import conditions
+from tokenscale.engines import adapter_for
+from tokenscale.settings import Settings
+
+MERGE_PATCH = "application/merge-patch+json"
+log = logging.getLogger("tokenscale.reconcile")
+
+
+def load_configuration(settings: Settings) -> kubernetes.client.Configuration:
+    """The client configuration: --kubeconfig, else $KUBECONFIG / ~/.kube/config, else in-cluster."""
+    configuration = kubernetes.client.Configuration()
+    in_cluster = not settings.kubeconfig and "KUBERNETES_SERVICE_HOST" in os.environ
+    if in_cluster:
+        kubernetes.config.load_incluster_config(client_configuration=configuration)
+    else:
+        kubernetes.config.load_kube_config(config_file=settings.kubeconfig, context=settings.context,
+                                           client_configuration=configuration)
+    return configuration
+
+
+@dataclass
+class Kube:
+    """Typed clients over one ApiClient; each call returns the server's JSON as a dict."""
+
+    client: kubernetes.client.ApiClient
+
+    @classmethod
+    def connect(cls, settings: Settings) -> Kube:
+        return cls(kubernetes.client.ApiClient(load_configuration(settings)))
+
+    @property
+    def apps(self) -> kubernetes.client.AppsV1Api:
+        return kubernetes.client.AppsV1Api(self.client)
+
+    @property
+    def core(self) -> kubernetes.client.CoreV1Api:
+        return kubernetes.client.CoreV1Api(self.client)
+
+    @property
+    def policy(self) -> kubernetes.client.PolicyV1Api:
+        return kubernetes.client.PolicyV1Api(self.client)
+
+    @property
+    def custom(self) -> kubernetes.client.CustomObjectsApi:
+        return kubernetes.client.CustomObjectsApi(self.client)
+
+
+def _json(call: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
+    return json.loads(call(*args, _preload_content=False, **kwargs).data)
+
+
+def _missing(error: Exception) -> bool:
+    return isinstance(error, kubernetes.client.ApiException) and error.status == 404
+
+
+class Children:
+    """Read / create / replace / delete one kind of child by name, as dicts."""
+
+    def __init__(self, kube: Kube, kind: str):
+        self.kind = kind
+        if kind == "Deployment":
+            api = kube.apps
+            self._read, self._create = api.read_namespaced_deployment, api.create_namespaced_deployment
+            self._replace, self._delete = api.replace_namespaced_deployment, api.delete_namespaced_deployment
+        elif kind == "Service":
+            api = kube.core
+            self._read, self._create = api.read_namespaced_service, api.create_namespaced_service
+            self._replace, self._delete = api.replace_namespaced_service, api.delete_namespaced_service
+        elif kind == "PodDisruptionBudget":
+            api = kube.policy
+            self._read = api.read_namespaced_pod_disruption_budget
+            self._create = api.create_namespaced_pod_disruption_budget
+            self._replace = api.replace_namespaced_pod_disruption_budget
+            self._delete = api.delete_namespaced_pod_disruption_budget
+        elif kind == "PodMonitor":
+            custom, group = kube.custom, ("monitoring.coreos.com", "v1")
+            self._read = lambda name, ns, **kw: custom.get_namespaced_custom_object(*group, ns, "podmonitors", name, **kw)
+            self._create = lambda ns, body, **kw: custom.create_namespaced_custom_object(*group, ns, "podmonitors", body, **kw)
+            self._replace = lambda name, ns, body, **kw: custom.replace_namespaced_custom_object(
+                *group, ns, "podmonitors", name, body, **kw)
+            self._delete = lambda name, ns, **kw: custom.delete_namespaced_custom_object(*group, ns, "podmonitors", name, **kw)
+        else:
+            raise ValueError(f"unknown child kind {kind}")
+
+    def read(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return _json(self._read, name, namespace)
+        except kubernetes.client.ApiException as error:
+            if _missing(error):
+                return None
+            raise
+
+    def create(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        return _json(self._create, namespace, body)
+
+    def replace(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        return _json(self._replace, name, namespace, body)
+
+    def delete(self, namespace: str, name: str) -> bool:
+        try:
+            self._delete(name, namespace)
+            return True
+        except kubernetes.client.ApiException as error:
+            if _missing(error):
+                return False
+            raise
+
+
+def owner_reference(owner: dict[str, Any]) -> dict[str, Any]:
+    meta = owner["metadata"]
+    return {"apiVersion": API_VERSION, "kind": KIND, "name": meta["name"], "uid": meta["uid"],
+            "controller": True, "blockOwnerDeletion": True}
+
+
+def _adopt(child: dict[str, Any], owner: dict[str, Any]) -> dict[str, Any]:
+    child = dict(child)
+    meta = dict(child["metadata"])
+    meta["ownerReferences"] = [owner_reference(owner)]
+    child["metadata"] = meta
+    return child
+
+
+def apply_child(kube: Kube, owner: dict[str, Any], desired: dict[str, Any]) -> str:
+    """Create or repair one child. Returns what happened: created, updated or unchanged."""
+    children = Children(kube, desired["kind"])
+    namespace, name = desired["metadata"]["namespace"], desired["metadata"]["name"]
+    desired = _adopt(desired, owner)
+    for _attempt in range(3):  # another writer (a concurrent handler) may win a race: read again
+        live = children.read(namespace, name)
+        try:
+            if live is None:
+                children.create(namespace, desired)
+                return "created"
+            drift = build.differences({"metadata": {"labels": desired["metadata"]["labels"],
+                                                    "ownerReferences": desired["metadata"]["ownerReferences"]},
+                                       "spec": desired["spec"]}, live)
+            if not drift:
+                return "unchanged"
+            # Replace the whole spec: a merge patch could not remove a container or env var
+            # someone added by hand. Labels and annotations others set are kept.
+            body = dict(live)
+            body.pop("status", None)
+            meta = dict(live["metadata"])
+            meta["labels"] = {**(meta.get("labels") or {}), **desired["metadata"]["labels"]}
+            meta["ownerReferences"] = desired["metadata"]["ownerReferences"]
+            body["metadata"], body["spec"] = meta, desired["spec"]
+            children.replace(namespace, name, body)
+            log.info("repaired %s %s/%s: %s", desired["kind"], namespace, name, ", ".join(drift[:5]))
+            return "updated"
+        except kubernetes.client.ApiException as error:
+            if error.status not in (409, 404):
+                raise
+    raise RuntimeError(f"{desired['kind']} {namespace}/{name} kept changing under the operator")
+
+
+def remove_child(kube: Kube, kind: str, namespace: str, name: str, owner_uid: str) -> bool:
+    """Delete a child that should no longer exist, only if this service owns it."""
+    children = Children(kube, kind)
+    live = children.read(namespace, name)
+    if live is None or not build.drift.owned_by(live, owner_uid):
+        return False
+    return children.delete(namespace, name)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    actions: dict[str, str]  # kind -> created / updated / unchanged / deleted
+    deployment: dict[str, Any] | None
+    warnings: tuple[str, ...] = ()
+
+
+def realise(kube: Kube, settings: Settings, owner: dict[str, Any], spec: InferenceServiceSpec) -> Outcome:
+    """Make the children of one InferenceService match its spec."""
+    namespace, name, uid = owner["metadata"]["namespace"], owner["metadata"]["name"], owner["metadata"]["uid"]
+    deployments = Children(kube, "Deployment")
+    live = deployments.read(namespace, name)
+    current = (live.get("spec") or {}).get("replicas") if live else None
+    wanted = build.children(name, namespace, spec, current_replicas=current,
+                            default_server_image=settings.default_server_image,
+                            service_label=settings.service_label, namespace_label=settings.namespace_label)
+    actions = {"Deployment": apply_child(kube, owner, wanted.deployment),
+               "Service": apply_child(kube, owner, wanted.service)}
+    for kind, desired in (("PodDisruptionBudget", wanted.pod_disruption_budget),):
+        if desired is not None:
+            actions[kind] = apply_child(kube, owner, desired)
+        elif remove_child(kube, kind, namespace, name, uid):
+            actions[kind] = "deleted"
+    warnings: list[str] = []
+    try:
+        if wanted.pod_monitor is not None:
+            actions["PodMonitor"] = apply_child(kube, owner, wanted.pod_monitor)
+        elif remove_child(kube, "PodMonitor", namespace, name, uid):
+            actions["PodMonitor"] = "deleted"
+    except kubernetes.client.ApiException as error:
+        if error.status != 404:
+            raise
+        # The Prometheus Operator's CRDs are not installed: serve anyway, and say so.
+        warnings.append("PodMonitor not created: the monitoring.coreos.com/v1 API is not installed")
+    return Outcome(actions=actions, deployment=deployments.read(namespace, name), warnings=tuple(warnings))
+
+
+# --- the InferenceService itself ------------------------------------------------------------
+
+
+def read_service(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        return kube.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    except kubernetes.client.ApiException as error:
+        if _missing(error):
+            return None
+        raise
+
+
+def write_status(kube: Kube, owner: dict[str, Any], status: dict[str, Any]) -> bool:
+    """Merge `status` into the object's status when it changes anything (never touches spec)."""
+    current = owner.get("status") or {}
+    if not build.differences(status, current):
+        return False
+    meta = owner["metadata"]
+    try:
+        kube.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], {"status": status},
+            _content_type=MERGE_PATCH)
+    except kubernetes.client.ApiException as error:
+        if _missing(error):  # deleted meanwhile
+            return False
+        raise
+    return True
+
+
+def observed_status(settings: Settings, owner: dict[str, Any], spec: InferenceServiceSpec,
+                    deployment: dict[str, Any] | None) -> dict[str, Any]:
+    meta = owner["metadata"]
+    status = owner.get("status") or {}
+    port = adapter_for(spec.engine.type).port
+    return conditions.workload_status(
+        deployment, generation=meta.get("generation"), conditions=status.get("conditions"),
+        endpoint=conditions.endpoint_url(meta["name"], meta["namespace"], port, settings.cluster_domain),
+        selector=build.selector_string(meta["name"]))
+
+
+def parse(owner: dict[str, Any]) -> InferenceServiceSpec:
+    """The spec, or SpecError with a condition-ready message."""
+    return parse_spec(owner.get("spec"))
+
+
+__all__ = ["Kube", "Outcome", "SpecError", "load_configuration", "observed_status", "parse", "read_service",
+           "realise", "write_status"]

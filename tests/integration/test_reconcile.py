@@ -1,0 +1,163 @@
+"""The operator against the emulated API over real HTTP: real kopf, the real kubernetes client."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.integration.conftest import wait_for
+
+pytestmark = pytest.mark.usefixtures("operator")
+
+SPEC = {
+    "model": {"source": "org/model-8b", "servedName": "model-8b"},
+    "engine": {"type": "vllm", "maxModelLen": 4096},
+    "resources": {"gpus": 2, "gpuResourceName": "nvidia.com/gpu", "memory": "32Gi"},
+    "secrets": {"huggingFaceToken": {"name": "hf", "key": "token"}},
+    "autoscaling": {"enabled": False},
+    "replicas": 2,
+}
+
+
+def _deployment(cluster, namespace, name):
+    return cluster.apps.read_namespaced_deployment(name, namespace)
+
+
+def test_create_builds_deployment_and_service(cluster):
+    cluster.create_service("team-a", "llama", SPEC)
+    deployment = wait_for(lambda: _deployment(cluster, "team-a", "llama"), message="the Deployment")
+    owner = cluster.get_service("team-a", "llama")
+    container = deployment.spec.template.spec.containers[0]
+    assert container.resources.limits["nvidia.com/gpu"] == "2"
+    assert "--tensor-parallel-size" in container.args and container.args[container.args.index("--tensor-parallel-size") + 1] == "2"
+    assert container.startup_probe.http_get.path == "/health"
+    assert container.readiness_probe is not None and container.liveness_probe is not None
+    assert deployment.spec.replicas == 2
+    assert deployment.metadata.labels["tokenscale.io/service"] == "llama"
+    assert deployment.spec.template.metadata.labels["app.kubernetes.io/managed-by"] == "tokenscale"
+    ref = deployment.metadata.owner_references[0]
+    assert (ref.kind, ref.name, ref.uid, ref.controller) == ("InferenceService", "llama", owner["metadata"]["uid"], True)
+    service = wait_for(lambda: cluster.core.read_namespaced_service("llama", "team-a"), message="the Service")
+    assert service.spec.ports[0].port == 8000
+    assert service.spec.selector == deployment.spec.selector.match_labels
+    pdb = wait_for(lambda: cluster.policy.read_namespaced_pod_disruption_budget("llama", "team-a"), message="PDB")
+    assert pdb.spec.max_unavailable == 1
+
+    status = wait_for(lambda: (cluster.get_service("team-a", "llama").get("status") or {}).get("endpoint") and
+                      cluster.get_service("team-a", "llama")["status"], message="status")
+    assert status["endpoint"] == "http://llama.team-a.svc.cluster.local:8000/v1"
+    assert status["observedGeneration"] == owner["metadata"]["generation"]
+    assert status["selector"] == "app.kubernetes.io/instance=llama,tokenscale.io/service=llama"
+
+    cluster.set_deployment_ready("team-a", "llama", ready=2)
+    wait_for(lambda: (cluster.condition("team-a", "llama", "Ready") or {}).get("status") == "True", message="Ready")
+    status = cluster.get_service("team-a", "llama")["status"]
+    assert status["readyReplicas"] == 2 and status["phase"] == "Ready"
+    assert cluster.condition("team-a", "llama", "Progressing")["status"] == "False"
+    events = wait_for(lambda: [e for e in cluster.events_for("team-a", "llama") if e.reason == "Created"],
+                      message="a Created event")
+    assert any("Deployment created" in e.message for e in events)
+
+
+def _writes(cluster):
+    return sum(1 for r in cluster.emulator.request_log if r.verb in ("create", "update", "patch", "delete"))
+
+
+def _settled(cluster, seconds=1.0):
+    """No more writes for a while: the operator is idle, not looping."""
+    import time
+
+    before = _writes(cluster)
+    time.sleep(seconds)
+    return _writes(cluster) == before
+
+
+def test_spec_change_updates_the_deployment(cluster):
+    cluster.create_service("team-b", "qwen", {**SPEC, "replicas": 1})
+    wait_for(lambda: _deployment(cluster, "team-b", "qwen"), message="the Deployment")
+    cluster.patch_service("team-b", "qwen", {"spec": {"engine": {"maxBatchSize": 128, "args": ["--enforce-eager"]},
+                                                      "replicas": 3}})
+    deployment = wait_for(lambda: (d := _deployment(cluster, "team-b", "qwen")).spec.replicas == 3 and d,
+                          message="the updated Deployment")
+    args = deployment.spec.template.spec.containers[0].args
+    assert args[args.index("--max-num-seqs") + 1] == "128" and args[-1] == "--enforce-eager"
+    generation = cluster.get_service("team-b", "qwen")["metadata"]["generation"]
+    wait_for(lambda: cluster.get_service("team-b", "qwen")["status"].get("observedGeneration") == generation,
+             message="observedGeneration")
+    wait_for(lambda: [e for e in cluster.events_for("team-b", "qwen") if e.reason == "Updated"], message="event")
+    assert wait_for(lambda: _settled(cluster), message="no write loop")
+
+
+def test_deleted_deployment_is_restored(cluster):
+    cluster.create_service("team-c", "mistral", SPEC)
+    first = wait_for(lambda: _deployment(cluster, "team-c", "mistral"), message="the Deployment")
+    cluster.apps.delete_namespaced_deployment("mistral", "team-c")
+    restored = wait_for(lambda: (d := _deployment(cluster, "team-c", "mistral")).metadata.uid != first.metadata.uid
+                        and d, message="a new Deployment")
+    assert restored.spec.template.spec.containers[0].resources.limits["nvidia.com/gpu"] == "2"
+    wait_for(lambda: [e for e in cluster.events_for("team-c", "mistral") if e.reason == "Repaired"],
+             message="a Repaired event")
+
+
+def test_hand_edits_are_reverted_but_autoscaled_replicas_are_kept(cluster):
+    spec = {**SPEC, "autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 6}, "replicas": 2}
+    cluster.create_service("team-d", "phi", spec)
+    wait_for(lambda: _deployment(cluster, "team-d", "phi"), message="the Deployment")
+    # Someone changes the image, adds a variable, and scales by hand (the autoscaler's job here).
+    deployment = _deployment(cluster, "team-d", "phi")
+    container = deployment.spec.template.spec.containers[0]
+    cluster.apps.patch_namespaced_deployment("phi", "team-d", {"spec": {"replicas": 5, "template": {"spec": {
+        "containers": [{"name": container.name, "image": "evil/image:latest", "args": container.args,
+                        "env": [{"name": "EXTRA", "value": "1"}]}]}}}})
+    repaired = wait_for(lambda: (d := _deployment(cluster, "team-d", "phi")).spec.template.spec.containers[0].image
+                        == "vllm/vllm-openai:v0.11.0" and d, message="the image restored")
+    env = {e.name for e in repaired.spec.template.spec.containers[0].env}
+    assert "EXTRA" not in env and "HF_TOKEN" in env
+    assert repaired.spec.replicas == 5  # the replica count belongs to the autoscaler
+
+    # In manual mode spec.replicas owns the count: a hand scale is undone.
+    cluster.patch_service("team-d", "phi", {"spec": {"autoscaling": {"enabled": False}, "replicas": 2}})
+    wait_for(lambda: _deployment(cluster, "team-d", "phi").spec.replicas == 2, message="spec.replicas applied")
+    cluster.apps.patch_namespaced_deployment_scale("phi", "team-d", {"spec": {"replicas": 4}})
+    wait_for(lambda: _deployment(cluster, "team-d", "phi").spec.replicas == 2, message="hand scale undone")
+
+
+def test_deleting_the_service_finishes_and_removes_everything(cluster):
+    cluster.create_service("team-e", "gemma", SPEC)
+    wait_for(lambda: _deployment(cluster, "team-e", "gemma"), message="the Deployment")
+    wait_for(lambda: cluster.get_service("team-e", "gemma").get("status", {}).get("endpoint"), message="status")
+    cluster.delete_service("team-e", "gemma")
+
+    def gone():
+        try:
+            cluster.get_service("team-e", "gemma")
+        except Exception as error:  # kubernetes ApiException 404
+            return getattr(error, "status", None) == 404
+        return False
+
+    wait_for(gone, message="the InferenceService to be deleted (finalizers removed)")
+    assert not cluster.emulator.live_objects("apps", "v1", "deployments", "team-e")
+    assert not cluster.emulator.live_objects("", "v1", "services", "team-e")
+
+
+def test_invalid_spec_degrades_without_a_retry_loop_and_others_are_served(cluster):
+    invalid = {**SPEC, "engine": {"type": "sglang"}, "resources": {"gpus": 0}}  # sglang needs a GPU
+    cluster.create_service("team-f", "broken", invalid)
+    degraded = wait_for(lambda: cluster.condition("team-f", "broken", "Degraded"), message="Degraded")
+    assert degraded["status"] == "True" and degraded["reason"] == "InvalidSpec"
+    assert "resources.gpus" in degraded["message"] or "need resources.gpus" in degraded["message"]
+    assert cluster.get_service("team-f", "broken")["status"]["phase"] == "Degraded"
+    warnings = wait_for(lambda: [e for e in cluster.events_for("team-f", "broken") if e.type == "Warning"],
+                        message="a Warning event")
+    assert warnings[0].reason == "InvalidSpec"
+    assert not cluster.emulator.live_objects("apps", "v1", "deployments", "team-f")
+
+    cluster.create_service("team-g", "healthy", SPEC)
+    wait_for(lambda: _deployment(cluster, "team-g", "healthy"), message="the other service's Deployment")
+    assert wait_for(lambda: _settled(cluster, 1.5), message="no hot retry loop")
+    assert cluster.get_service("team-f", "broken")["spec"] == invalid  # the operator never writes spec
+
+    # Fixing the spec realises it and clears Degraded.
+    cluster.patch_service("team-f", "broken", {"spec": {"resources": {"gpus": 1}}})
+    wait_for(lambda: _deployment(cluster, "team-f", "broken"), message="the fixed service's Deployment")
+    wait_for(lambda: cluster.condition("team-f", "broken", "Degraded")["status"] == "False",
+             message="Degraded cleared")
