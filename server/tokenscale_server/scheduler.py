@@ -52,7 +52,9 @@ class Scheduler:
         return len(self.waiting)
 
     def add(self, sequence: Sequence) -> None:
-        if len(self.waiting) >= self.max_waiting:
+        # Requests that free slots will take at the next step do not count against the bound.
+        free_slots = self.max_slots - len(self.rows)
+        if len(self.waiting) >= self.max_waiting + free_slots:
             raise QueueFull
         self.waiting.append(sequence)
 

@@ -104,6 +104,9 @@ def build(directory: str | Path) -> Path:
         return directory
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     rng = random.Random(SEED)
     tokenizer = _build_tokenizer(rng)

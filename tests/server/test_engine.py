@@ -157,12 +157,8 @@ def test_bounded_queue_refuses_beyond_its_limit(tiny_loaded, make_engine):
     engine, collected = make_engine(max_batch=1, max_model_len=512, max_waiting=2)
     prompt = tiny_loaded.tokenizer("queue").input_ids
     params = SamplingParams(max_tokens=400, temperature=0.0, ignore_eos=True)
-    running = engine.submit(prompt, params)
-    collected_ids = [running]
-    deadline = time.monotonic() + 5
-    while engine.scheduler.num_running == 0 and time.monotonic() < deadline:
-        time.sleep(0.005)
-    collected_ids += [engine.submit(prompt, params), engine.submit(prompt, params)]
+    # Three fit at once (one free slot + a queue of two) even before the engine admits any.
+    collected_ids = [engine.submit(prompt, params) for _ in range(3)]
     with pytest.raises(QueueFull):
         engine.submit(prompt, params)
     for request_id in collected_ids:
