@@ -336,6 +336,8 @@ def _from_signals(
         elif target > current:
             limit = "maxReplicas" if wanted > spec.max_replicas and target == spec.max_replicas else "panic"
             result.set(target, limit, f"Panic: scaling {current} -> {target} at once; {because(wanted)}.")
+        elif wanted > spec.max_replicas and current == spec.max_replicas:
+            result.set(current, "maxReplicas", f"Holding at {current} in panic mode: maxReplicas; {because(wanted)}.")
         else:
             result.set(current, "panic", f"Holding at {current}: panic mode (demand reached "
                        f"{spec.panic_threshold:g}x ready capacity) allows no scale-down until it ends.")

@@ -1,0 +1,392 @@
+"""Table-driven tests of `tokenscale.policy.decide`: one table per rule, each row a situation."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from tokenscale.api.models import AutoscalerState, AutoscalingSpec
+from tokenscale.policy import (
+    History,
+    Recommendation,
+    ReplicaState,
+    Signals,
+    decide,
+    history_from_status,
+    history_to_status,
+    replicas_for,
+)
+
+NOW = 10_000.0
+CAPACITY = 1000.0  # target tokens/s per replica in these tables
+
+
+def spec(**overrides) -> AutoscalingSpec:
+    values = {
+        "min_replicas": 1,
+        "max_replicas": 10,
+        "target_tokens_per_second_per_replica": CAPACITY,
+        "target_queue_depth_per_replica": 4,
+        "backlog_drain_seconds": 30,
+        "tolerance": 0.1,
+        "scale_down": {"stabilization_seconds": 300, "max_step_percent": 50, "max_step_pods": 1},
+    }
+    values.update(overrides)
+    return AutoscalingSpec.model_validate(values)
+
+
+def steady(replicas: int = 1, since: float = NOW - 1000) -> History:
+    """A history in which `replicas` was recommended long enough to cover every window."""
+    return History(recommendations=(Recommendation(time=since, replicas=replicas),))
+
+
+def signals(tps=0.0, queue=0.0, **more) -> Signals:
+    return Signals(tokens_per_second=tps, queue_depth=queue, sample_age_seconds=5.0, **more)
+
+
+def run(sig: Signals, current: int, ready: int | None = None, unschedulable: int = 0, history=None,
+        now: float = NOW, **spec_overrides):
+    state = ReplicaState(current=current, ready=current if ready is None else ready, unschedulable=unschedulable)
+    return decide(sig, spec(**spec_overrides), state, steady() if history is None else history, now)
+
+
+def check(decision, desired: int, limited_by: str):
+    assert (decision.desired, decision.limited_by) == (desired, limited_by), decision.reason
+    assert decision.reason and decision.reason.endswith(".")
+
+
+# --- the demand rules ------------------------------------------------------------------------
+
+DEMAND = [
+    # (case, signals, current, desired, limited_by, expected recommendations)
+    ("served tokens need more", signals(3500), 2, 4, "tokens", {"tokens": 4, "queue": 0}),
+    ("exactly at capacity", signals(3000), 3, 3, "tokens", {"tokens": 3, "queue": 0}),
+    (
+        "backlog from the measured output length",
+        signals(2200, queue=6, mean_output_tokens=500),  # 2200 + 6*500/30 = 2300 tok/s
+        2, 3, "tokens", {"tokens": 3, "queue": 2},
+    ),
+    (
+        "backlog from the running batch's per-request rate",
+        signals(2000, queue=8, running_requests=40),  # 2000 + 8*(2000/40) = 2400 tok/s
+        2, 3, "tokens", {"tokens": 3, "queue": 2},
+    ),
+    (
+        "queue rule when tokens/s is flat at capacity",
+        signals(2000, queue=20, mean_output_tokens=1),  # tokens 2001/s: within the band at 2
+        2, 5, "queue", {"tokens": 3, "queue": 5},
+    ),
+    (
+        "kv cache near full",
+        signals(1500, kv_cache_usage=0.99, ready_pods_reporting=2),
+        2, 3, "kvCache", {"tokens": 2, "queue": 0, "kvCache": 3},
+    ),
+    (
+        "kv cache below its target gives no opinion",
+        signals(1500, kv_cache_usage=0.5),
+        2, 2, "tokens", {"tokens": 2, "queue": 0},
+    ),
+    (
+        "ttft above target",
+        signals(1500, ttft_p90_seconds=3.0),
+        2, 4, "ttft", {"tokens": 2, "queue": 0, "ttft": 4},
+    ),
+]
+
+
+@pytest.mark.parametrize("case,sig,current,desired,limited_by,recommendations", DEMAND, ids=[c[0] for c in DEMAND])
+def test_demand_rules(case, sig, current, desired, limited_by, recommendations):
+    decision = run(sig, current, target_time_to_first_token_seconds=1.0)
+    check(decision, desired, limited_by)
+    assert decision.recommendations == recommendations
+    assert decision.metrics_available and not decision.panic
+
+
+def test_replicas_for_rounds_up_without_float_noise():
+    assert [replicas_for(v, 1500.0) for v in (0, 1, 1500, 1500.0000001, 3000, 4500.0 * (1 + 1e-12))] == [
+        0, 1, 1, 1, 2, 3]
+
+
+# --- bounds, tolerance and small-count hysteresis --------------------------------------------
+
+BAND = [
+    # (case, tokens/s, current, desired, limited_by, overrides)
+    ("within the band above target", 1080, 1, 1, "tolerance", {}),
+    ("above the band", 1120, 1, 2, "tokens", {}),
+    ("2 -> 1 only if one replica holds the load at 90%", 950, 2, 2, "tolerance", {}),
+    ("2 -> 1 when it fits", 890, 2, 1, "tokens", {}),
+    ("4 -> 3 needs 2700 tok/s or less", 2800, 4, 4, "tolerance", {}),
+    ("4 -> 3 when it fits", 2650, 4, 3, "tokens", {}),
+    ("no tolerance acts on any change", 1001, 1, 2, "tokens", {"tolerance": 0}),
+    ("maxReplicas caps", 50_000, 10, 10, "maxReplicas", {}),
+    ("maxReplicas caps a scale-up", 19_000, 8, 10, "maxReplicas", {}),
+    ("minReplicas holds", 0, 3, 3, "minReplicas", {"min_replicas": 3}),
+    ("above max after a spec change", 5000, 12, 10, "maxReplicas", {}),
+    ("below min after a spec change", 0, 1, 3, "minReplicas", {"min_replicas": 3}),
+]
+
+
+@pytest.mark.parametrize("case,tps,current,desired,limited_by,overrides", BAND, ids=[c[0] for c in BAND])
+def test_bounds_tolerance_and_hysteresis(case, tps, current, desired, limited_by, overrides):
+    overrides.setdefault("scale_up", {"stabilization_seconds": 0, "max_step_percent": 100, "max_step_pods": 4})
+    decision = run(signals(tps), current, **overrides)
+    check(decision, desired, limited_by)
+    assert decision.scaling_limited == (limited_by == "maxReplicas")
+
+
+def test_bounds_apply_even_without_metrics():
+    decision = run(Signals(), 12)
+    check(decision, 10, "maxReplicas")
+
+
+# --- rate limits and stabilisation windows ---------------------------------------------------
+
+RATES = [
+    # (case, tokens/s, current, history, desired, limited_by, overrides)
+    ("up: percent (100% of 8) wins over 4 pods", 30_000, 8, None, 16, "scaleUpRate", {"max_replicas": 40}),
+    ("up: 4 pods win over 100% of 1", 30_000, 1, None, 5, "scaleUpRate", {"max_replicas": 40}),
+    ("up: both small", 30_000, 4, None, 5, "scaleUpRate",
+     {"max_replicas": 40, "scale_up": {"stabilization_seconds": 0, "max_step_percent": 10, "max_step_pods": 1}}),
+    ("down: one pod a step", 100, 8, None, 7, "scaleDownRate", {}),
+    ("down: 50% when pods allow more", 100, 8, None, 4, "scaleDownRate",
+     {"scale_down": {"stabilization_seconds": 300, "max_step_percent": 50, "max_step_pods": 10}}),
+    ("down: the window's highest recommendation wins", 100, 8,
+     History(recommendations=(Recommendation(NOW - 1000, 8), Recommendation(NOW - 400, 6), Recommendation(NOW - 50, 2))),
+     6, "scaleDownStabilization",
+     {"scale_down": {"stabilization_seconds": 300, "max_step_percent": 100, "max_step_pods": 10}}),
+    ("down: the recommendation in effect at the window's start counts", 100, 8,
+     History(recommendations=(Recommendation(NOW - 1000, 7), Recommendation(NOW - 200, 1))),
+     7, "scaleDownStabilization",
+     {"scale_down": {"stabilization_seconds": 300, "max_step_percent": 100, "max_step_pods": 10}}),
+    ("down: none before the window is covered", 100, 8,
+     History(recommendations=(Recommendation(NOW - 100, 8),)), 8, "scaleDownStabilization", {}),
+    ("down: window 0 acts at once", 100, 8, History(), 1, "tokens",
+     {"scale_down": {"stabilization_seconds": 0, "max_step_percent": 100, "max_step_pods": 10}}),
+    ("up: window keeps the lowest recommendation", 5000, 2,
+     History(recommendations=(Recommendation(NOW - 1000, 2), Recommendation(NOW - 70, 3), Recommendation(NOW - 20, 4))),
+     3, "scaleUpStabilization",
+     {"scale_up": {"stabilization_seconds": 60, "max_step_percent": 100, "max_step_pods": 4}}),
+]
+
+
+@pytest.mark.parametrize("case,tps,current,history,desired,limited_by,overrides", RATES, ids=[c[0] for c in RATES])
+def test_rate_limits_and_windows(case, tps, current, history, desired, limited_by, overrides):
+    decision = run(signals(tps), current, history=history, panic_threshold=100, **overrides)
+    check(decision, desired, limited_by)
+    assert decision.scaling_limited == (limited_by in ("scaleUpRate", "scaleDownRate"))
+
+
+def test_scale_down_walks_down_one_step_per_decision_after_the_window():
+    history, current, path = History(), 6, []
+    for tick in range(40):
+        decision = run(signals(500), current, history=history, now=NOW + 15 * tick)
+        history, current = decision.history, decision.desired
+        path.append(current)
+    # 300 s of recommendations (20 ticks) before the first step, then one pod a tick down to 1.
+    assert path[:20] == [6] * 20
+    assert path[20:26] == [5, 4, 3, 2, 1, 1]
+
+
+# --- panic -----------------------------------------------------------------------------------
+
+
+def test_panic_scales_up_at_once_past_the_rate_limit():
+    decision = run(signals(9000), 2, max_replicas=20)  # 9000 >= 2 x 2 x 1000
+    check(decision, 9, "panic")
+    assert decision.panic and decision.history.panic_until == NOW + 300
+
+
+def test_panic_is_bounded_by_max():
+    decision = run(signals(90_000), 2)
+    check(decision, 10, "maxReplicas")
+    assert decision.panic and decision.scaling_limited
+
+
+def test_no_scale_down_until_panic_ends():
+    history = History(recommendations=(Recommendation(NOW - 1000, 1),), panic_until=NOW + 10)
+    during = run(signals(100), 9, history=history)
+    check(during, 9, "panic")
+    after = run(signals(100), 9, history=history, now=NOW + 11)
+    assert after.desired == 8 and not after.panic and after.history.panic_until is None
+
+
+def test_panic_counts_pending_capacity():
+    # 5000 tok/s against 1 ready + 2 loading: 5000 < 2 x 3 x 1000, no panic and no pile-up.
+    calm = run(signals(5000), 3, ready=1)
+    check(calm, 3, "coldStart")
+    assert not calm.panic
+    burst = run(signals(7000), 3, ready=1)
+    check(burst, 7, "panic")
+
+
+# --- cold starts and unschedulable pods ------------------------------------------------------
+
+COLD = [
+    # (case, signals, current, ready, unschedulable, desired, limited_by, scaling_limited)
+    ("pending replicas absorb the same demand", signals(1900, queue=30), 3, 1, 0, 3, "coldStart", False),
+    ("no ready replica yet: hold", Signals(), 2, 0, 0, 2, "coldStart", False),
+    ("unschedulable pods stop scale-up", signals(3500), 3, 2, 1, 3, "unschedulable", True),
+    ("unschedulable pods with no ready pod", Signals(), 2, 0, 2, 2, "unschedulable", True),
+    ("unschedulable pods still allow scale-down", signals(100), 3, 2, 1, 2, "scaleDownRate", True),
+]
+
+
+@pytest.mark.parametrize("case,sig,current,ready,unschedulable,desired,limited_by,limited", COLD,
+                         ids=[c[0] for c in COLD])
+def test_cold_start_and_unschedulable(case, sig, current, ready, unschedulable, desired, limited_by, limited):
+    decision = run(sig, current, ready=ready, unschedulable=unschedulable)
+    check(decision, desired, limited_by)
+    assert decision.scaling_limited == limited
+    if unschedulable:
+        assert "cannot be scheduled" in decision.scaling_limited_reason
+    assert decision.metrics_available
+
+
+# --- missing, stale and NaN metrics ----------------------------------------------------------
+
+MISSING = [
+    ("tokens missing", Signals(queue_depth=0.0, sample_age_seconds=1)),
+    ("queue missing", Signals(tokens_per_second=0.0, sample_age_seconds=1)),
+    ("tokens NaN", Signals(tokens_per_second=math.nan, queue_depth=0.0)),
+    ("queue NaN", Signals(tokens_per_second=0.0, queue_depth=math.nan)),
+    ("tokens infinite", Signals(tokens_per_second=math.inf, queue_depth=0.0)),
+    ("stale", Signals(tokens_per_second=0.0, queue_depth=0.0, sample_age_seconds=61)),
+    ("age NaN", Signals(tokens_per_second=0.0, queue_depth=0.0, sample_age_seconds=math.nan)),
+    ("everything missing", Signals()),
+]
+
+
+@pytest.mark.parametrize("case,sig", MISSING, ids=[c[0] for c in MISSING])
+def test_missing_data_holds(case, sig):
+    decision = run(sig, 5)
+    check(decision, 5, "hold:metricsUnavailable")
+    assert not decision.metrics_available
+    assert decision.history.recommendations[-1] == Recommendation(NOW, 5)
+
+
+@pytest.mark.parametrize("current,fallback,desired", [(2, 4, 4), (6, 4, 6), (4, 4, 4)])
+def test_missing_data_scales_to_fallback_never_below_current(current, fallback, desired):
+    decision = run(Signals(), current, on_metrics_unavailable="ScaleTo", fallback_replicas=fallback)
+    check(decision, desired, "fallback:metricsUnavailable")
+    assert not decision.metrics_available
+
+
+def test_optional_signals_that_are_nan_are_ignored():
+    decision = run(signals(1500, kv_cache_usage=math.nan, ttft_p90_seconds=math.nan, running_requests=math.nan),
+                   2, target_time_to_first_token_seconds=1.0)
+    check(decision, 2, "tokens")
+    assert set(decision.recommendations) == {"tokens", "queue"}
+
+
+def test_an_outage_restarts_the_scale_down_window():
+    history = steady(6)
+    for tick in range(10):  # 150 s without metrics
+        history = run(Signals(), 6, history=history, now=NOW + 15 * tick).history
+    back = run(signals(100), 6, history=history, now=NOW + 150)
+    check(back, 6, "scaleDownStabilization")
+
+
+def test_partial_metrics_allow_no_scale_down():
+    decision = run(signals(100, ready_pods_reporting=2), 4)
+    check(decision, 4, "hold:partialMetrics")
+
+
+# --- scale to zero and activation ------------------------------------------------------------
+
+ZERO = {"min_replicas": 0, "activation": {"query": "sum(gateway_queue)"}, "scale_to_zero_after_seconds": 600}
+IDLE = signals(0, running_requests=0, activation=0)
+
+
+def test_idle_replica_goes_to_zero_only_after_the_idle_window():
+    history, path = steady(1), []
+    for tick in range(45):
+        decision = run(IDLE, 1, history=history, now=NOW + 15 * tick, **ZERO)
+        history = decision.history
+        path.append(decision.desired)
+    assert path.index(0) == 40  # 600 s / 15 s
+    assert set(path[:40]) == {1}
+
+
+def test_any_activity_restarts_the_idle_window():
+    history = run(IDLE, 1, now=NOW, **ZERO).history
+    assert history.idle_since == NOW
+    busy = run(signals(0, running_requests=1, activation=0), 1, history=history, now=NOW + 300, **ZERO)
+    assert busy.history.idle_since is None
+    again = run(IDLE, 1, history=busy.history, now=NOW + 700, **ZERO)
+    assert again.desired == 1 and again.history.idle_since == NOW + 700
+
+
+def test_min_replicas_above_zero_never_scales_to_zero():
+    decision = run(IDLE, 1, history=History(idle_since=NOW - 10_000))
+    check(decision, 1, "minReplicas")
+
+
+ZERO_TABLE = [
+    # (case, signals, desired, limited_by, metrics_available)
+    ("activation wakes 0 -> 1", Signals(activation=3.0), 1, "activation", True),
+    ("no activation stays at zero", Signals(activation=0.0), 0, "scaleToZero", True),
+    ("missing tokens/s at zero is normal", Signals(activation=0.0, sample_age_seconds=10_000), 0, "scaleToZero", True),
+    ("missing activation holds at zero", Signals(), 0, "hold:metricsUnavailable", False),
+    ("NaN activation holds at zero", Signals(activation=math.nan), 0, "hold:metricsUnavailable", False),
+]
+
+
+@pytest.mark.parametrize("case,sig,desired,limited_by,available", ZERO_TABLE, ids=[c[0] for c in ZERO_TABLE])
+def test_at_zero(case, sig, desired, limited_by, available):
+    decision = run(sig, 0, **ZERO)
+    check(decision, desired, limited_by)
+    assert decision.metrics_available == available
+
+
+def test_zero_replicas_below_min_scale_to_min():
+    check(run(Signals(), 0, min_replicas=2), 2, "minReplicas")
+
+
+# --- history and explanations ----------------------------------------------------------------
+
+
+def test_history_round_trips_through_status_json():
+    history = History(
+        recommendations=(Recommendation(1.5, 3), Recommendation(16.5, 4)),
+        panic_until=300.0,
+        idle_since=None,
+        last_scale_up=16.5,
+        last_scale_down=1.0,
+    )
+    state = history_to_status(history)
+    wire = json.loads(json.dumps(state.model_dump(by_alias=True, mode="json")))
+    assert "panicUntil" in wire and "lastScaleUp" in wire
+    assert history_from_status(AutoscalerState.model_validate(wire)) == history
+    assert history_from_status(None) == History()
+
+
+def test_a_restart_from_status_decides_as_if_never_stopped():
+    kept, restored, current = History(), History(), 2
+    for tick, tps in enumerate([2500, 2500, 4000, 4000, 900, 900, 900, 900] * 5):
+        sig, now = signals(tps), NOW + 45 * tick
+        direct = run(sig, current, history=kept, now=now)
+        via_status = run(sig, current, history=restored, now=now)
+        assert direct == via_status
+        kept = direct.history
+        restored = history_from_status(AutoscalerState.model_validate(
+            json.loads(json.dumps(history_to_status(direct.history).model_dump(by_alias=True)))))
+        current = direct.desired
+
+
+def test_history_keeps_only_the_longest_window():
+    history = History()
+    for tick in range(200):
+        history = run(signals(1000 + 500 * (tick % 7)), 3, history=history, now=NOW + 15 * tick).history
+    times = [item.time for item in history.recommendations]
+    assert times[0] <= NOW + 15 * 199 - 300 < times[1]  # one entry in effect at the window's start
+    assert len(times) <= 21
+
+
+def test_decisions_are_deterministic_and_explained():
+    sig = signals(5000, queue=12, running_requests=30)  # 5000 + 12 x 5000/30 = 7000 tok/s
+    first, second = run(sig, 2, panic_threshold=4), run(sig, 2, panic_threshold=4)
+    assert first == second
+    assert first.recommendations["tokens"] == 7 and (first.desired, first.limited_by) == (6, "scaleUpRate")
+    assert "4 pod(s)" in first.reason and "demand" in first.reason
