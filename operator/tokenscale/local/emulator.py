@@ -80,6 +80,7 @@ class RequestRecord:
     namespace: str | None
     name: str | None
     status: int
+    user_agent: str = ""  # tells the operator's requests from a test's own
 
 
 @dataclass
@@ -236,7 +237,8 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
             response = error.response()
         verb = {"GET": "get" if match.group(1) else "list", "POST": "create"}.get(raw_request.method)
         self._log.append(RequestRecord(raw_request.method, raw_request.path, verb, "", "v1", "namespaces",
-                                       None, None, match.group(1), response.status))
+                                       None, None, match.group(1), response.status,
+                                       raw_request.headers.get("User-Agent", "")))
         return response
 
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
@@ -270,6 +272,7 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
             group=resource.group if resource else None, version=resource.version if resource else None,
             resource=resource.plural if resource else None, subresource=request.subresource,
             namespace=request.namespace, name=request.name, status=status,
+            user_agent=request.headers.get("User-Agent", ""),
         ))
 
     async def _serve_version(self, request: kmock.Request) -> Any:
