@@ -49,6 +49,7 @@ from tokenscale.api import GROUP, KIND, PLURAL, SHORT_NAMES, VERSION
 HISTORY_PER_OBJECT = 20  # versions kept per object (kmock keeps all; a long demo would grow)
 EVENT_HISTORY = 5000  # watch events kept for resuming watches from a resourceVersion
 _NAMESPACES_PATH = re.compile(r"/api/v1/namespaces(?:/([^/]+))?/?")
+_NAMESPACES = kmock.resource("", "v1", "namespaces")
 
 
 class ApiError(Exception):
@@ -192,7 +193,6 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
         factory=lambda: collections.deque(maxlen=EVENT_HISTORY), init=False
     )
     _log: list[RequestRecord] = attrs.field(factory=list, init=False)
-    _namespaces: dict[str, dict[str, Any]] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -226,20 +226,30 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
     # --- dispatch -------------------------------------------------------------------------
 
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
-        # kmock cannot parse /api/v1/namespaces (a 500): serve namespaces before it parses.
+        # kmock cannot parse /api/v1/namespaces[/NAME] (it answers 500): build the request here.
         match = _NAMESPACES_PATH.fullmatch(raw_request.path)
         if match is None:
             return await super().__call__(raw_request)
-        await raw_request.read()
+        body = await raw_request.read()
         try:
-            response = await self._serve_namespaces(raw_request, match.group(1))
-        except ApiError as error:
-            response = error.response()
-        verb = {"GET": "get" if match.group(1) else "list", "POST": "create"}.get(raw_request.method)
-        self._log.append(RequestRecord(raw_request.method, raw_request.path, verb, "", "v1", "namespaces",
-                                       None, None, match.group(1), response.status,
-                                       raw_request.headers.get("User-Agent", "")))
-        return response
+            data = json.loads(body) if body else None
+        except ValueError:
+            data = None
+        method = raw_request.method.upper()
+        action = (kmock.action.WATCH if method == "GET" and raw_request.query.get("watch") in ("true", "1")
+                  else {"GET": kmock.action.FETCH if match.group(1) else kmock.action.LIST,
+                        "POST": kmock.action.CREATE, "PATCH": kmock.action.UPDATE,
+                        "DELETE": kmock.action.DELETE}.get(method))
+        request = kmock.Request(
+            id=len(self._requests), raw_request=raw_request, url=raw_request.url, method=method,
+            params=dict(raw_request.query), headers=dict(raw_request.headers), data=data, body=body,
+            text=body.decode(errors="replace"), action=action, resource=_NAMESPACES, name=match.group(1),
+        )
+        self._requests.append(request)
+        try:
+            return await self._handle(request)
+        except Exception as error:  # as kmock does: report, do not crash the server
+            return await self._render_error(error)
 
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         resource = request.resource
@@ -247,6 +257,12 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
             response = aiohttp.web.json_response(await self._serve_version(request))  # /api/v1/
         elif resource is None or not resource.plural:  # discovery and non-API paths: kmock's own
             response = await super(kmock.KubernetesEmulator, self)._handle(request)
+        elif request.params.get("watch") in ("true", "1"):
+            self._record(request, 200)  # at the start: a watch lasts until the client leaves
+            try:
+                return await self._serve_resource(request)
+            except ApiError as error:
+                return error.response()
         else:
             try:
                 response = await self._serve_resource(request)
@@ -574,37 +590,17 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
 
     # --- namespaces -------------------------------------------------------------------------
 
-    def _ensure_namespace(self, name: str) -> dict[str, Any]:
-        if name not in self._namespaces:
-            self._revision += 1
-            self._namespaces[name] = {
-                "apiVersion": "v1", "kind": "Namespace",
-                "metadata": {"name": name, "uid": str(uuid.uuid4()), "creationTimestamp": _now(),
-                             "resourceVersion": str(self._revision),
-                             "labels": {"kubernetes.io/metadata.name": name}},
-                "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"},
-            }
-        return self._namespaces[name]
-
-    async def _serve_namespaces(self, raw: aiohttp.web.BaseRequest, name: str | None) -> aiohttp.web.Response:
-        if raw.method == "GET" and name is None:
-            labels = parse_label_selector(raw.query.get("labelSelector"))
-            items = [ns for ns in self._namespaces.values() if labels_match(ns["metadata"]["labels"], labels)]
-            return aiohttp.web.json_response({"apiVersion": "v1", "kind": "NamespaceList",
-                                              "metadata": {"resourceVersion": str(self._revision)}, "items": items})
-        if raw.method == "GET":
-            if name not in self._namespaces:
-                raise ApiError(404, "NotFound", f'namespaces "{name}" not found')
-            return aiohttp.web.json_response(self._namespaces[name])
-        if raw.method == "POST" and name is None:
-            body = await raw.json()
-            wanted = (body.get("metadata") or {}).get("name")
-            if not wanted:
-                raise ApiError(422, "Invalid", "metadata.name is required")
-            if wanted in self._namespaces:
-                raise ApiError(409, "AlreadyExists", f'namespaces "{wanted}" already exists')
-            return aiohttp.web.json_response(self._ensure_namespace(wanted), status=201)
-        raise ApiError(405, "MethodNotAllowed", f"{raw.method} is not supported on namespaces")
+    def _ensure_namespace(self, name: str) -> None:
+        """Namespaces appear on first use (and can be created explicitly), as kopf expects."""
+        key = self._key(_NAMESPACES, None, name)
+        if key in self.objects and not self.objects[key].deleted:
+            return
+        self._store(key, {
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": name, "uid": str(uuid.uuid4()), "creationTimestamp": _now(),
+                         "labels": {"kubernetes.io/metadata.name": name}},
+            "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"},
+        }, "ADDED")
 
 
 def _api_version(resource: kmock.resource) -> str:
