@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import signal
 import sys
@@ -61,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     console = Console()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # the emulator's request log
     config = DemoConfig(
         duration=args.duration,
         trace=args.trace,
@@ -129,7 +129,3 @@ async def _status_lines(view) -> None:
     while True:
         await asyncio.sleep(10)
         print(view.line(), flush=True)
-
-
-def _dump(summary: dict) -> str:
-    return json.dumps(summary, indent=2)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import json
 import logging
@@ -36,7 +37,7 @@ import aiohttp
 from tokenscale.api import API_VERSION, KIND, PLURAL
 from tokenscale.local import loadgen
 from tokenscale.local.children import Children
-from tokenscale.local.kubelet import SERVICE_LABEL, Kubelet
+from tokenscale.local.kubelet import SERVICE_LABEL, Kubelet, local_server_command
 from tokenscale.local.report import DecisionPoint, RunRecord, Sample, plot, summarize
 from tokenscale.local.router import Router
 
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
 
 # One tiny-server process (1 torch thread, max batch 8) on the 2-core development machine
 # served about this many generated tokens/s at a TTFT p99 near a second (docs/benchmarks.md).
-CALIBRATED_TOKENS_PER_SECOND = 400.0
+CALIBRATED_TOKENS_PER_SECOND = 350.0
 MEAN_OUTPUT_TOKENS = 48  # of the built-in ramp (outputs 32..64 tokens)
 
 
@@ -62,6 +63,8 @@ class DemoConfig:
     served_name: str = "tiny"
     tick_seconds: float = 2.0
     scrape_seconds: float = 1.0
+    rate_window: str = "10s"  # the operator's short rate() window: >= 4 scrapes, reacts within seconds
+    long_rate_window: str = "60s"
     min_replicas: int = 1
     max_replicas: int = 3
     target_tokens_per_second: float = CALIBRATED_TOKENS_PER_SECOND
@@ -69,7 +72,7 @@ class DemoConfig:
     max_batch: int = 8
     scale_up_stabilization: int = 0
     scale_down_stabilization: int = 20
-    peak_load: float = 2.5  # the ramp's plateau, in replicas' worth of target capacity
+    peak_load: float = 2.2  # the ramp's plateau, in replicas' worth of target capacity
     idle_load: float = 0.3
     settle_seconds: float = 0.0  # after the load, wait up to this long for the minimum again
     max_concurrency: int = 96
@@ -190,18 +193,8 @@ class Loop:
         return target
 
     def replica_command(self, deployment: dict[str, Any], port: int) -> list[str]:
-        """How the kubelet runs one replica: the builtin server, bound to 127.0.0.1:port."""
-        assert self.model_dir is not None
-        return [
-            _server_executable(),
-            "serve",
-            "--model", str(self.model_dir),
-            "--served-model-name", self.config.served_name,
-            "--host", "127.0.0.1",
-            "--port", str(port),
-            "--max-batch", str(self.config.max_batch),
-            "--threads", "1",
-        ]  # fmt: skip
+        """What the Deployment's container runs, as a local process with one torch thread."""
+        return local_server_command(deployment, port, _server_executable(), extra_args=["--threads", "1"])
 
     async def run(self) -> dict[str, Any]:
         from tokenscale.local.emulator import serve
@@ -240,6 +233,8 @@ class Loop:
                     "--liveness", "",
                     "--prometheus-url", prom.url,
                     "--tick-seconds", str(cfg.tick_seconds),
+                    "--rate-window", cfg.rate_window,
+                    "--long-rate-window", cfg.long_rate_window,
                     "--log-format", "plain",
                 ],
                 log_path=self.workdir / "operator.log",
@@ -484,6 +479,10 @@ class Loop:
         summary = summarize(record)
         summary["decisions"] = self.status_decisions
         summary["workdir"] = None if self._own_workdir else str(self.workdir)
+        summary["timeline"] = [
+            {k: (round(v, 2) if isinstance(v, float) else v) for k, v in dataclasses.asdict(s).items()}
+            for s in record.samples
+        ]
         if cfg.plot_out is not None:
             summary["plot"] = str(plot(record, cfg.plot_out))
         if cfg.json_out is not None:

@@ -54,6 +54,7 @@ class Replica:
     ready_at: float | None = None
     ready: bool = False
     terminating_since: float | None = None
+    grace_seconds: float = 30.0
 
     @property
     def address(self) -> str:
@@ -85,6 +86,7 @@ class Kubelet:
     desired: dict[str, int] = field(default_factory=dict)
     scale_events: list[ScaleEvent] = field(default_factory=list)
     restarts: int = 0
+    unsupported: set[str] = field(default_factory=set)  # Deployments that cannot run here
     _finished_process_seconds: float = 0.0
     _serial: int = 0
     _published: tuple = ()
@@ -155,7 +157,13 @@ class Kubelet:
         if want <= 0 and not deployment:
             self.desired.pop(name, None)
         while len(live) < want:
-            live.append(self._start(name, deployment))
+            try:
+                live.append(self._start(name, deployment))
+            except UnsupportedContainer as error:
+                if name not in self.unsupported:
+                    log.error("%s: %s", name, error)
+                self.unsupported.add(name)
+                break
         if len(live) > want:
             # Remove replicas that are not serving yet first, then the newest (as the ReplicaSet does).
             live.sort(key=lambda r: (not r.ready, r.started_at), reverse=True)
@@ -171,10 +179,11 @@ class Kubelet:
         port = free_port()
         argv = list(self.command_for(deployment, port))
         labels = dict(((deployment.get("spec") or {}).get("template") or {}).get("metadata", {}).get("labels") or {})
-        env = {**os.environ, **self.env}
+        env = {**os.environ, **_safe(container_env, deployment, {}), **self.env}
         proc = self.children.spawn(argv, log_path=self.log_dir / f"{replica_name}.log", env=env)
         log.info("started %s (pid %s) on port %s", replica_name, proc.pid, port)
-        return Replica(name, replica_name, port, proc, labels, time.monotonic())
+        grace = _safe(grace_seconds_of, deployment, self.grace_seconds, self.grace_seconds)
+        return Replica(name, replica_name, port, proc, labels, time.monotonic(), grace_seconds=grace)
 
     def _terminate(self, replica: Replica) -> None:
         replica.ready = False  # out of the endpoints and targets at once, as a terminating pod
@@ -211,7 +220,7 @@ class Kubelet:
                 live.remove(replica)
                 self._finish(replica, now)
         for replica in list(self.draining):
-            if replica.proc.poll() is None and now - (replica.terminating_since or now) > self.grace_seconds:
+            if replica.proc.poll() is None and now - (replica.terminating_since or now) > replica.grace_seconds:
                 self.children.signal(replica.proc, 9)  # past the grace period, as the kubelet does
             if replica.proc.poll() is not None:
                 self.draining.remove(replica)
@@ -277,6 +286,63 @@ class Kubelet:
             self._finished_process_seconds += now - replica.started_at
         self.replicas.clear()
         self.draining.clear()
+
+
+class UnsupportedContainer(ValueError):
+    """The Deployment runs something the local kubelet cannot run as a process here."""
+
+
+def serving_container(deployment: dict[str, Any]) -> dict[str, Any]:
+    containers = (((deployment.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers") or []
+    if not containers:
+        raise UnsupportedContainer("the Deployment's pod template has no container")
+    return containers[0]
+
+
+def local_server_command(
+    deployment: dict[str, Any], port: int, executable: str, extra_args: Sequence[str] = ()
+) -> list[str]:
+    """The builtin server's container as a local process: its own command and arguments, with the
+    executable found here, bound to 127.0.0.1 on `port` instead of the pod's port.
+
+    Only the builtin engine runs locally (the others are GPU images).
+    """
+    container = serving_container(deployment)
+    argv = list(container.get("command") or []) + list(container.get("args") or [])
+    if len(argv) < 2 or Path(argv[0]).name != "tokenscale-server" or argv[1] != "serve":
+        raise UnsupportedContainer(
+            f"the local kubelet runs only the builtin engine (tokenscale-server serve), not {argv[:2]}"
+        )
+    local = [executable, "serve"]
+    rest = argv[2:]
+    index = 0
+    while index < len(rest):
+        arg = rest[index]
+        name = arg.split("=", 1)[0]
+        if name in ("--host", "--port"):
+            index += 1 if "=" in arg else 2  # replaced below
+            continue
+        local.append(arg)
+        index += 1
+    return [*local, "--host", "127.0.0.1", "--port", str(port), *extra_args]
+
+
+def container_env(deployment: dict[str, Any]) -> dict[str, str]:
+    """The container's literal environment variables (references to secrets cannot resolve here)."""
+    env = serving_container(deployment).get("env") or []
+    return {e["name"]: str(e["value"]) for e in env if "value" in e and "name" in e}
+
+
+def grace_seconds_of(deployment: dict[str, Any], default: float) -> float:
+    pod = ((deployment.get("spec") or {}).get("template") or {}).get("spec") or {}
+    return float(pod.get("terminationGracePeriodSeconds") or default)
+
+
+def _safe(function: Callable[..., Any], deployment: dict[str, Any], fallback: Any, *args: Any) -> Any:
+    try:
+        return function(deployment, *args)
+    except (UnsupportedContainer, KeyError, TypeError, ValueError):
+        return fallback
 
 
 def free_port() -> int:

@@ -226,8 +226,8 @@ class LoadGenerator:
                     continue
                 data = line[5:].strip()
                 if data == b"[DONE]":
-                    done = True
-                    break
+                    done = True  # read on to the end of the body, so the connection is reused
+                    continue
                 chunk = json.loads(data)
                 if chunk.get("error"):
                     result.error = f"stream error: {chunk['error']}"

@@ -143,9 +143,12 @@ class Router:
                         headers={k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_HEADERS},
                     )
                     await response.prepare(request)
-                    async for chunk in upstream.content.iter_any():
-                        await response.write(chunk)
-                    await response.write_eof()
+                    try:
+                        async for chunk in upstream.content.iter_any():
+                            await response.write(chunk)
+                        await response.write_eof()
+                    except ConnectionResetError:
+                        pass  # the client went away; leaving the block closes the upstream request too
                     backend.served += 1
                     return response
             except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError):
