@@ -1,36 +1,34 @@
 {{/*
-The operator's permissions, kept to the calls it makes (tests/unit/test_rbac.py replays every request
+The operator's permissions, kept to the calls it makes (tests/integration/test_rbac.py checks every request
 an operator run sends to the emulated API server against these rules; docs/install.md lists them).
 "namespacedRules" apply where InferenceServices live: a ClusterRole when all namespaces are
 watched, a Role in each watched namespace otherwise. "clusterRules" are cluster-scoped reads.
 */}}
 
 {{- define "tokenscale.namespacedRules" -}}
-# The custom resource: kopf watches it, patches finalizers and its progress annotations.
+# The custom resource: kopf watches it and patches its finalizer and progress annotations.
 - apiGroups: ["tokenscale.io"]
   resources: ["inferenceservices"]
   verbs: ["get", "list", "watch", "patch"]
 # Status is the operator's only write to an InferenceService besides kopf's metadata.
 - apiGroups: ["tokenscale.io"]
   resources: ["inferenceservices/status"]
-  verbs: ["get", "patch"]
-# The children of each InferenceService.
+  verbs: ["patch"]
+# The serving workload and its Service: created, repaired by replacing the spec, watched for
+# drift; never deleted by the operator (ownerReferences let the garbage collector do that).
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "update"]
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "update"]
+# Children that come and go with the spec (a PDB above one replica, an optional PodMonitor).
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["get", "create", "update", "delete"]
 - apiGroups: ["monitoring.coreos.com"]
   resources: ["podmonitors"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# Pods are read to count replicas that cannot be scheduled (no GPU).
-- apiGroups: [""]
-  resources: ["pods"]
-  verbs: ["list", "watch"]
+  verbs: ["get", "create", "update", "delete"]
 # kopf reports handler results and every scaling decision as Events.
 - apiGroups: [""]
   resources: ["events"]
@@ -39,7 +37,7 @@ watched, a Role in each watched namespace otherwise. "clusterRules" are cluster-
 # Namespaced peering: one KopfPeering per watched namespace.
 - apiGroups: ["kopf.dev"]
   resources: ["kopfpeerings"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["list", "watch", "patch"]
 {{- end }}
 {{- end }}
 
@@ -57,6 +55,6 @@ watched, a Role in each watched namespace otherwise. "clusterRules" are cluster-
 # Cluster-wide peering: the replicas meet in one ClusterKopfPeering.
 - apiGroups: ["kopf.dev"]
   resources: ["clusterkopfpeerings"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["list", "watch", "patch"]
 {{- end }}
 {{- end }}
