@@ -172,7 +172,7 @@ def apply_child(kube: Kube, owner: dict[str, Any], desired: dict[str, Any]) -> s
             meta = dict(live["metadata"])
             meta["labels"] = {**(meta.get("labels") or {}), **desired["metadata"]["labels"]}
             meta["ownerReferences"] = desired["metadata"]["ownerReferences"]
-            body["metadata"], body["spec"] = meta, desired["spec"]
+            body["metadata"], body["spec"] = meta, build.drift.overlay(live.get("spec") or {}, desired["spec"])
             children.replace(namespace, name, body)
             log.info("repaired %s %s/%s: %s", desired["kind"], namespace, name, ", ".join(drift[:5]))
             return "updated"

@@ -287,3 +287,12 @@ def test_an_invalid_spec_is_degraded_until_realised():
 def test_endpoint_url():
     assert conditions.endpoint_url("llama", "team", 8000) == "http://llama.team.svc.cluster.local:8000/v1"
     assert conditions.endpoint_url("a", "b", 80, "corp.internal") == "http://a.b.svc.corp.internal:80/v1"
+
+
+def test_overlay_keeps_server_fields_and_replaces_lists():
+    from tokenscale.build.drift import overlay
+
+    live = {"clusterIP": "10.0.0.7", "ports": [{"port": 1}, {"port": 2}], "selector": {"a": "1", "b": "2"}}
+    desired = {"ports": [{"port": 8000}], "selector": {"a": "x"}}
+    assert overlay(live, desired) == {"clusterIP": "10.0.0.7", "ports": [{"port": 8000}],
+                                      "selector": {"a": "x", "b": "2"}}

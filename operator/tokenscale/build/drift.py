@@ -79,3 +79,14 @@ def differences(desired: Any, actual: Any, path: str = "", quantity: bool = Fals
 
 def owned_by(obj: dict[str, Any], owner_uid: str) -> bool:
     return any(ref.get("uid") == owner_uid for ref in (obj.get("metadata") or {}).get("ownerReferences") or [])
+
+
+def overlay(live: Any, desired: Any) -> Any:
+    """`desired` laid over `live`: what we set wins, lists are ours whole, and fields only the
+    server fills (a Service's clusterIP, defaults) are kept, so a replace never unsets them."""
+    if isinstance(desired, dict) and isinstance(live, dict):
+        merged = dict(live)
+        for key, value in desired.items():
+            merged[key] = overlay(live.get(key), value)
+        return merged
+    return desired

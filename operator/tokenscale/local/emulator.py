@@ -395,6 +395,9 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
             meta["generation"] = 1
         if "status" in info.subresources:
             obj.pop("status", None)
+        if resource == _NAMESPACES:
+            obj["status"] = {"phase": "Active"}
+            meta.setdefault("labels", {})["kubernetes.io/metadata.name"] = name
         if resource == kmock.resource("apps", "v1", "deployments"):
             obj["spec"].setdefault("replicas", 1)  # the one default the operator relies on
         self._store(key, obj, "ADDED")
