@@ -8,13 +8,14 @@ the kubernetes client in `memo.kube` (set at startup).
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from typing import Any
 
 import kopf
 import kubernetes
 
-from tokenscale import reconcile
+from tokenscale import autoscaler, reconcile
 from tokenscale import settings as settings_module
 from tokenscale.api import GROUP, PLURAL, VERSION, SpecError
 from tokenscale.build import conditions
@@ -139,6 +140,24 @@ def _child_changed(event: dict[str, Any], body: kopf.Body, memo: Any) -> None:
 
 
 # --- autoscaling ------------------------------------------------------------------------------------
-# The autoscaler's kopf timer on InferenceServices (interval = Settings.tick_seconds) goes here:
-# it reads signals (tokenscale.metrics), calls tokenscale.policy.decide, scales the Deployment and
-# records conditions with tokenscale.build.conditions.set_condition.
+
+
+def _autoscaler(memo: Any) -> autoscaler.Autoscaler:
+    if getattr(memo, "autoscaler", None) is None:
+        memo.autoscaler = autoscaler.Autoscaler(_kube(memo), _settings(memo))
+    return memo.autoscaler
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=5.0)
+async def autoscale(body: kopf.Body, stopped: kopf.DaemonStopped, memo: Any, logger: Any, **_: Any) -> None:
+    """The autoscaling timer: every tick_seconds (read each round, so a reconfigured operator or a
+    test harness needs no re-import), decide from the shared signal snapshot and act."""
+    scaler = _autoscaler(memo)
+    while not stopped:
+        try:
+            await asyncio.to_thread(scaler.tick, copy.deepcopy(dict(body)),
+                                    lambda kind, reason, message: kopf.event(body, type=kind, reason=reason,
+                                                                             message=message))
+        except Exception as error:  # a failed tick must not end the timer: log it, try next tick
+            logger.warning(f"autoscaling tick failed: {type(error).__name__}: {error}")
+        await stopped.wait(_settings(memo).tick_seconds)

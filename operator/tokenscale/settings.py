@@ -47,6 +47,8 @@ class Settings:
     prometheus_timeout: float = 10.0
     service_label: str = "tokenscale_io_service"  # the Prometheus label carrying the service name
     namespace_label: str = "namespace"  # the Prometheus label carrying the namespace
+    rate_window: str = "1m"  # rate() window of the short signals; must hold >= 2 scrapes
+    long_rate_window: str = "5m"  # rate() window of the long signals
 
     @property
     def clusterwide(self) -> bool:

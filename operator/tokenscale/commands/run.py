@@ -96,6 +96,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
          default="tokenscale_io_service", metavar="LABEL")
     _add(prom, "--namespace-label", "Prometheus label holding the namespace", default="namespace",
          metavar="LABEL")
+    _add(prom, "--rate-window", "rate() window of tokens/s and the other short signals (>= 2 scrapes)",
+         default="1m", metavar="DURATION")
+    _add(prom, "--long-rate-window", "rate() window of the long tokens/s signal", default="5m",
+         metavar="DURATION")
 
 
 def _header(text: str) -> tuple[str, str]:
@@ -103,6 +107,15 @@ def _header(text: str) -> tuple[str, str]:
     if not sep or not name.strip():
         raise ValueError(f"--prometheus-header wants NAME=VALUE, got {text!r}")
     return name.strip(), value.strip()
+
+
+def _window(text: str, flag: str) -> str:
+    from tokenscale.metrics.promql import PromQLError, duration
+
+    try:
+        return duration(text)
+    except PromQLError:
+        raise ValueError(f"{flag} wants a Prometheus duration such as 30s or 2m, got {text!r}") from None
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -145,6 +158,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         prometheus_timeout=args.prometheus_timeout,
         service_label=args.service_label,
         namespace_label=args.namespace_label,
+        rate_window=_window(args.rate_window, "--rate-window"),
+        long_rate_window=_window(args.long_rate_window, "--long-rate-window"),
     )
 
 

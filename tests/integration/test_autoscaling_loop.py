@@ -1,0 +1,201 @@
+"""The whole autoscaling loop: real kopf, the emulated API, a real Prometheus, fixture pods.
+
+A small stand-in for the Deployment controller and kubelet (`PodPool`) turns the Deployment's
+replica count into running fixture exporters (one per pod, the load split evenly) and marks
+them ready. Every pod of the pool is a Prometheus target from the start; a pod that is not
+running answers 503, so its series go stale as a stopped pod's would. Short windows: 1 s
+ticks and scrapes, 3 s / 6 s rate windows, a 6 s scale-down stabilisation window.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from tests.fixtures.exporters import EngineExporter
+from tests.integration.conftest import wait_for
+from tokenscale.local.prometheus import PrometheusServer, ScrapeTarget
+from tokenscale.settings import Settings
+
+pytestmark = [pytest.mark.prometheus, pytest.mark.usefixtures("operator")]
+
+NAMESPACE = "loop"
+MAX_REPLICAS = 4
+SCALE_DOWN_WINDOW = 6
+PER_REPLICA = 100.0  # target tokens/s per replica
+
+
+def _autoscaling(**changes):
+    spec = {
+        "minReplicas": 1, "maxReplicas": MAX_REPLICAS, "targetTokensPerSecondPerReplica": PER_REPLICA,
+        "targetQueueDepthPerReplica": 50, "tolerance": 0.1,
+        "scaleUp": {"stabilizationSeconds": 0, "maxStepPercent": 100, "maxStepPods": 4},
+        "scaleDown": {"stabilizationSeconds": SCALE_DOWN_WINDOW, "maxStepPercent": 100, "maxStepPods": 4},
+        "metricsStaleAfterSeconds": 10,
+    }
+    spec.update(changes)
+    return spec
+
+
+def _spec(**autoscaling):
+    return {"model": {"source": "org/tiny"}, "engine": {"type": "builtin"}, "resources": {"gpus": 1},
+            "replicas": 1, "costPerGpuHour": 2.0, "autoscaling": _autoscaling(**autoscaling)}
+
+
+class PodPool:
+    """Plays Deployment controller and kubelet for one service: `replicas` pods run and are ready."""
+
+    def __init__(self, cluster, name: str, size: int):
+        self.cluster, self.name = cluster, name
+        self.pods = [EngineExporter("builtin").start() for _ in range(size)]
+        for pod in self.pods:
+            pod.serving = False
+        self.load = 0.0
+        self.running = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self.thread = threading.Thread(target=self._loop, daemon=True, name=f"pods-{name}")
+
+    def targets(self) -> list[ScrapeTarget]:
+        labels = {"namespace": NAMESPACE, "tokenscale_io_service": self.name}
+        return [ScrapeTarget(pod.address, labels) for pod in self.pods]
+
+    def set_load(self, tokens_per_second: float) -> None:
+        with self._lock:
+            self.load = tokens_per_second
+            self._spread()
+
+    def _spread(self) -> None:
+        for index, pod in enumerate(self.pods):
+            share = self.load / self.running if index < self.running else 0.0
+            pod.set_load(tokens_per_second=share, running=min(share / 20.0, 8), queue_depth=0, kv_cache_usage=0.3)
+            pod.serving = index < self.running
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.2):
+            try:
+                deployment = self.cluster.apps.read_namespaced_deployment(self.name, NAMESPACE)
+            except Exception:  # not created yet
+                continue
+            wanted = min(deployment.spec.replicas or 0, len(self.pods))
+            if wanted != self.running or (deployment.status.ready_replicas or 0) != wanted:
+                with self._lock:
+                    self.running = wanted
+                    self._spread()
+                self.cluster.set_deployment_ready(NAMESPACE, self.name, ready=wanted)
+
+    def start(self) -> PodPool:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.thread.is_alive():
+            self.thread.join(5)
+        for pod in self.pods:
+            pod.stop()
+
+
+@pytest.fixture(scope="module")
+def pools(cluster):
+    made = {"chat": PodPool(cluster, "chat", MAX_REPLICAS), "dry": PodPool(cluster, "dry", 2)}
+    yield made
+    for pool in made.values():
+        pool.stop()
+
+
+@pytest.fixture(scope="module")
+def prometheus(pools, tmp_path_factory):
+    server = PrometheusServer(tmp_path_factory.mktemp("prometheus"), scrape_interval=1.0)
+    server.set_targets([target for pool in pools.values() for target in pool.targets()])
+    with server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def operator_settings(cluster, prometheus) -> Settings:
+    return Settings(kubeconfig=str(cluster.kubeconfig), standalone=True, liveness=None,
+                    watch_server_timeout=60, watch_client_timeout=70, request_timeout=10,
+                    log_level="INFO", log_format="plain", default_server_image="tokenscale/server:test",
+                    prometheus_url=prometheus.url, prometheus_timeout=2.0, tick_seconds=1.0,
+                    rate_window="3s", long_rate_window="6s")
+
+
+def _replicas(cluster, name: str) -> int:
+    return cluster.apps.read_namespaced_deployment(name, NAMESPACE).spec.replicas
+
+
+def _status(cluster, name: str) -> dict:
+    return cluster.get_service(NAMESPACE, name).get("status") or {}
+
+
+def _condition(cluster, name: str, kind: str) -> dict:
+    return cluster.condition(NAMESPACE, name, kind) or {}
+
+
+def test_tokens_up_scales_up_outage_holds_recovery_scales_down(cluster, pools, prometheus):
+    chat = pools["chat"].start()
+    chat.set_load(50.0)
+    cluster.create_service(NAMESPACE, "chat", _spec())
+    wait_for(lambda: chat.running == 1, timeout=20, message="the first pod")
+    wait_for(lambda: _condition(cluster, "chat", "MetricsAvailable").get("status") == "True",
+             timeout=30, message="signals from Prometheus")
+    # The first reads come while the rate window fills; then the pods' rate shows.
+    wait_for(lambda: _status(cluster, "chat")["signals"]["tokensPerSecond"] == pytest.approx(50.0, rel=0.05),
+             timeout=10, message="tokens/s of the fixture pods")
+    assert _replicas(cluster, "chat") == 1
+    assert _condition(cluster, "chat", "ScalingActive")["status"] == "True"
+
+    # More demand: 280 tok/s needs 3 replicas of 100.
+    chat.set_load(280.0)
+    wait_for(lambda: _replicas(cluster, "chat") >= 3, timeout=15, message="a scale-up")
+    assert _replicas(cluster, "chat") == 3
+    status = wait_for(lambda: _status(cluster, "chat").get("lastScaleTime") and _status(cluster, "chat"),
+                      message="lastScaleTime")
+    up = [d for d in status["decisions"] if d["toReplicas"] > d["fromReplicas"]]
+    assert up and up[-1]["toReplicas"] == 3 and up[-1]["recommendations"]["tokens"] == 3 and up[-1]["reason"]
+    events = wait_for(lambda: [e for e in cluster.events_for(NAMESPACE, "chat") if e.reason == "ScaledUp"],
+                      message="a ScaledUp event")
+    assert "-> 3" in events[-1].message  # 1 -> 3 at once, or via 2 while the rate window fills
+    wait_for(lambda: chat.running == 3 and (_status(cluster, "chat").get("costPerMillionTokens") or 0) > 0,
+             message="cost per million tokens")
+
+    # Prometheus goes away and the load drops: nothing may read the silence as zero demand.
+    prometheus.stop()
+    chat.set_load(30.0)
+    wait_for(lambda: _condition(cluster, "chat", "MetricsAvailable").get("status") == "False",
+             timeout=10, message="MetricsAvailable=False")
+    condition = _condition(cluster, "chat", "MetricsAvailable")
+    assert condition["reason"] == "PrometheusUnavailable" and "unreachable" in condition["message"]
+    assert _condition(cluster, "chat", "ScalingActive")["status"] == "False"
+    held_since = time.monotonic()
+    while time.monotonic() - held_since < SCALE_DOWN_WINDOW + 2:
+        assert _replicas(cluster, "chat") == 3, "replicas changed while metrics were unavailable"
+        time.sleep(0.5)
+
+    # Prometheus returns: metrics recover, and after the stabilisation window the replicas fall.
+    prometheus.start()
+    wait_for(lambda: _condition(cluster, "chat", "MetricsAvailable").get("status") == "True",
+             timeout=30, message="MetricsAvailable=True again")
+    recovered = time.monotonic()
+    wait_for(lambda: _replicas(cluster, "chat") == 1, timeout=SCALE_DOWN_WINDOW + 15, message="a scale-down")
+    assert time.monotonic() - recovered >= SCALE_DOWN_WINDOW - 1.5, "scaled down inside the stabilisation window"
+    down = [d for d in _status(cluster, "chat")["decisions"] if d["toReplicas"] < d["fromReplicas"]]
+    assert down and down[-1]["fromReplicas"] == 3
+    assert wait_for(lambda: [e for e in cluster.events_for(NAMESPACE, "chat") if e.reason == "ScaledDown"],
+                    message="a ScaledDown event")
+
+
+def test_dry_run_recommends_but_never_acts(cluster, pools):
+    dry = pools["dry"].start()
+    dry.set_load(350.0)
+    cluster.create_service(NAMESPACE, "dry", _spec(mode="DryRun"))
+    # 350 tok/s at 100 each: 4 replicas (once the rate window has filled).
+    status = wait_for(lambda: _status(cluster, "dry").get("recommendedReplicas") == 4 and _status(cluster, "dry"),
+                      timeout=30, message="a recommendation of 4")
+    assert _replicas(cluster, "dry") == 1 and status["desiredReplicas"] == 1
+    condition = _condition(cluster, "dry", "ScalingActive")
+    assert condition["status"] == "False" and condition["reason"] == "DryRun"
+    assert not [e for e in cluster.events_for(NAMESPACE, "dry") if e.reason in ("ScaledUp", "ScaledDown")]
