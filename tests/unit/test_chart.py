@@ -96,6 +96,19 @@ _MONITORING_SCHEMAS = {
                                 "port": {"type": "string"},
                                 "path": {"type": "string", "pattern": "^/"},
                                 "interval": {"type": "string", "pattern": "^([0-9]+(ms|s|m|h))+$"},
+                                "relabelings": {
+                                    "type": "array",
+                                    "items": {
+                                        "type": "object",
+                                        "additionalProperties": False,
+                                        "required": ["sourceLabels", "targetLabel"],
+                                        "properties": {
+                                            "action": {"enum": ["replace", "keep", "drop", "labelmap"]},
+                                            "sourceLabels": {"type": "array", "items": {"type": "string"}},
+                                            "targetLabel": {"type": "string", "pattern": "^[a-zA-Z_][a-zA-Z0-9_]*$"},
+                                        },
+                                    },
+                                },
                             },
                         },
                     },
@@ -342,16 +355,25 @@ def test_network_policy_allows_only_dns_api_server_and_prometheus(chart):
     assert prometheus["to"][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "monitoring"}
 
 
-def test_pod_monitor_gives_prometheus_the_service_label(chart):
+def test_pod_monitors_give_prometheus_the_service_label(chart):
     objects = render(chart, SCENARIOS["monitoring"])
-    monitor = one(objects, "PodMonitor")
-    assert monitor["spec"]["podTargetLabels"] == ["tokenscale.io/service"]
-    assert monitor["spec"]["namespaceSelector"] == {"any": True}
-    # The Prometheus Operator renders tokenscale.io/service as tokenscale_io_service: the label the
-    # operator groups by, by default.
-    assert run_settings(objects).service_label == "tokenscale_io_service"
-    namespaced = one(render(chart, {**SCENARIOS["monitoring"], "watchNamespaces": ["a", "b"]}), "PodMonitor")
-    assert namespaced["spec"]["namespaceSelector"] == {"matchNames": ["a", "b"]}
+    monitors = {m["metadata"]["name"]: m["spec"] for m in by_kind(objects, "PodMonitor")}
+    assert set(monitors) == {"tokenscale-serving", "tokenscale-serving-trtllm"}
+    paths = {name: spec["podMetricsEndpoints"][0]["path"] for name, spec in monitors.items()}
+    assert paths == {"tokenscale-serving": "/metrics", "tokenscale-serving-trtllm": "/prometheus/metrics"}
+    for spec in monitors.values():
+        assert spec["namespaceSelector"] == {"any": True}
+        relabel = {r["targetLabel"]: r["sourceLabels"] for r in spec["podMetricsEndpoints"][0]["relabelings"]}
+        assert relabel["tokenscale_io_service"] == ["__meta_kubernetes_pod_label_tokenscale_io_service"]
+        assert relabel["namespace"] == ["__meta_kubernetes_namespace"]
+    # The label names follow the operator's settings.
+    custom = render(chart, {**SCENARIOS["monitoring"], "labels": {"service": "svc", "namespace": "ns"},
+                            "watchNamespaces": ["a", "b"]})
+    assert (run_settings(custom).service_label, run_settings(custom).namespace_label) == ("svc", "ns")
+    for monitor in by_kind(custom, "PodMonitor"):
+        assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["a", "b"]}
+        targets = {r["targetLabel"] for r in monitor["spec"]["podMetricsEndpoints"][0]["relabelings"]}
+        assert {"svc", "ns"} <= targets
 
 
 # --- values schema -----------------------------------------------------------------------------------
