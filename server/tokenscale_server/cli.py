@@ -66,11 +66,21 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def looks_local(model: str) -> bool:
+    """A path, not a hub id (`org/name`): absolute, relative with ./ or ../, or ~."""
+    return model.startswith(("/", "./", "../", "~")) or os.path.isdir(model)
+
+
 def serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if looks_local(args.model) and not os.path.isfile(os.path.join(os.path.expanduser(args.model), "config.json")):
+        # Fail before the slow imports: a missing volume should crash-loop fast and say why.
+        log.error("no model at %s (expected a directory with config.json)", args.model)
+        return 2
     import torch
 
     torch.set_num_threads(args.threads or default_threads())
+    sys.setswitchinterval(0.0005)
     import uvicorn
     from transformers.utils import logging as hf_logging
 
