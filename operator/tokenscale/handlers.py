@@ -142,8 +142,21 @@ def _child_changed(event: dict[str, Any], body: kopf.Body, memo: Any) -> None:
 # --- autoscaling ------------------------------------------------------------------------------------
 
 
+@kopf.on.startup()
+def start_autoscaler(memo: Any, **_: Any) -> None:
+    """One Autoscaler (one shared signal snapshot) for all objects: kopf gives each object a
+    shallow copy of this memo, so what is set here is shared and what a handler sets is not."""
+    memo.autoscaler = autoscaler.Autoscaler(_kube(memo), _settings(memo))
+
+
+@kopf.on.cleanup()
+def stop_autoscaler(memo: Any, **_: Any) -> None:
+    if getattr(memo, "autoscaler", None) is not None:
+        memo.autoscaler.close()
+
+
 def _autoscaler(memo: Any) -> autoscaler.Autoscaler:
-    if getattr(memo, "autoscaler", None) is None:
+    if getattr(memo, "autoscaler", None) is None:  # only when started without the startup handler
         memo.autoscaler = autoscaler.Autoscaler(_kube(memo), _settings(memo))
     return memo.autoscaler
 

@@ -199,3 +199,35 @@ def test_dry_run_recommends_but_never_acts(cluster, pools):
     condition = _condition(cluster, "dry", "ScalingActive")
     assert condition["status"] == "False" and condition["reason"] == "DryRun"
     assert not [e for e in cluster.events_for(NAMESPACE, "dry") if e.reason in ("ScaledUp", "ScaledDown")]
+
+
+def test_one_prometheus_read_per_tick_for_all_services(cluster, pools, prometheus):
+    # Both services above tick every second; each read is one query per signal of the vLLM
+    # family they share. Reads shared per tick cost about one read a second, not one per service.
+    from tokenscale.engines.metric_names import metric_names
+    from tokenscale.metrics.promql import Grouping, Windows, signal_queries
+
+    per_read = len(signal_queries(metric_names("builtin"), Windows("3s", "6s"), Grouping()))
+    before, started = prometheus.query_count(), time.monotonic()
+    time.sleep(6.0)
+    reads = (prometheus.query_count() - before) / per_read
+    elapsed = time.monotonic() - started
+    assert 0 < reads <= elapsed / 1.0 + 2, f"{reads:g} reads in {elapsed:.1f} s for 2 services"
+
+
+def test_manual_mode_applies_spec_replicas_and_kubectl_scale(cluster):
+    from tokenscale.api import GROUP, PLURAL, VERSION
+
+    cluster.create_service(NAMESPACE, "manual", _spec(enabled=False))
+    wait_for(lambda: _replicas(cluster, "manual") == 1, message="the Deployment")
+    condition = wait_for(lambda: _condition(cluster, "manual", "ScalingActive"), message="ScalingActive")
+    assert condition["status"] == "False" and condition["reason"] == "AutoscalingDisabled"
+    # `kubectl scale tsvc manual --replicas 3` writes the scale subresource.
+    cluster.custom.patch_namespaced_custom_object_scale(GROUP, VERSION, NAMESPACE, PLURAL, "manual",
+                                                        {"spec": {"replicas": 3}})
+    wait_for(lambda: _replicas(cluster, "manual") == 3, message="spec.replicas applied")
+    cluster.set_deployment_ready(NAMESPACE, "manual", ready=3)
+    scale = wait_for(lambda: (s := cluster.custom.get_namespaced_custom_object_scale(
+        GROUP, VERSION, NAMESPACE, PLURAL, "manual"))["status"].get("replicas") == 3 and s, message="scale status")
+    assert scale["spec"]["replicas"] == 3
+    assert scale["status"]["selector"] == "app.kubernetes.io/instance=manual,tokenscale.io/service=manual"
