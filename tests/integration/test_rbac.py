@@ -30,10 +30,11 @@ TEST_AGENT = "tokenscale-rbac-test"  # the test's own requests, told apart from 
 DOCUMENTED: dict[tuple[str, str], set[str]] = {
     ("tokenscale.io", "inferenceservices"): {"get", "list", "watch", "patch"},
     ("tokenscale.io", "inferenceservices/status"): {"patch"},
-    ("apps", "deployments"): {"get", "list", "watch", "create", "update"},
+    ("apps", "deployments"): {"get", "list", "watch", "create", "update", "patch"},
     ("", "services"): {"get", "list", "watch", "create", "update"},
     ("policy", "poddisruptionbudgets"): {"get", "create", "update", "delete"},
     ("monitoring.coreos.com", "podmonitors"): {"get", "create", "update", "delete"},
+    ("", "pods"): {"list"},
     ("", "events"): {"create"},
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
     ("", "namespaces"): {"list", "watch"},
@@ -41,6 +42,14 @@ DOCUMENTED: dict[tuple[str, str], set[str]] = {
     ("kopf.dev", "kopfpeerings"): {"list", "watch", "patch"},
 }
 
+AUTOSCALED = {
+    "model": {"source": "org/model-8b"},
+    "engine": {"type": "vllm"},
+    "resources": {"gpus": 1},
+    # No Prometheus in this test: the autoscaler goes to the fallback count, which it must patch in.
+    "autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 4, "onMetricsUnavailable": "ScaleTo",
+                    "fallbackReplicas": 3},
+}
 SPEC = {
     "model": {"source": "org/model-8b", "servedName": "model-8b"},
     "engine": {"type": "vllm", "maxModelLen": 4096},
@@ -133,6 +142,26 @@ def lifecycle(cluster: Cluster, namespace: str, name: str) -> None:
     wait_for(lambda: gone(lambda: cluster.get_service(namespace, name)), message="the InferenceService gone")
 
 
+def autoscaled(cluster: Cluster, namespace: str, name: str) -> None:
+    """The autoscaler's calls: it scales the Deployment (to the fallback count: there are no metrics
+    here) and, while replicas are not ready, looks for pods that cannot be scheduled."""
+    start = len(cluster.emulator.request_log)
+    cluster.create_service(namespace, name, AUTOSCALED)
+    wait_for(lambda: cluster.apps.read_namespaced_deployment(name, namespace), message="the Deployment")
+
+    def scaled() -> bool:  # one replica ready ends the cold start; then the fallback applies
+        cluster.set_deployment_ready(namespace, name, ready=1)
+        return cluster.apps.read_namespaced_deployment(name, namespace).spec.replicas == 3
+
+    wait_for(scaled, interval=0.2, message="the autoscaler scaling to fallbackReplicas")
+    cluster.set_deployment_ready(namespace, name, ready=1)
+    wait_for(lambda: any(r.resource == "pods" and r.namespace == namespace
+                         for r in cluster.emulator.request_log[start:]),
+             message="the autoscaler looking for unschedulable pods")
+    cluster.delete_service(namespace, name)
+    wait_for(lambda: gone(lambda: cluster.get_service(namespace, name)), message="the InferenceService gone")
+
+
 def run_cycle(cluster: Cluster, namespaces: tuple[str, ...], peering: str | None = None) -> list[RequestRecord]:
     cluster.api.user_agent = TEST_AGENT
     for namespace in namespaces:
@@ -140,12 +169,13 @@ def run_cycle(cluster: Cluster, namespaces: tuple[str, ...], peering: str | None
             cluster.core.create_namespace({"metadata": {"name": namespace}})
     settings = Settings(kubeconfig=str(cluster.kubeconfig), namespaces=namespaces, liveness=None,
                         standalone=peering is None, peering=peering,
-                        watch_server_timeout=60, watch_client_timeout=70, request_timeout=10,
+                        watch_server_timeout=60, watch_client_timeout=70, request_timeout=10, tick_seconds=0.2,
                         log_format="plain", default_server_image="tokenscale/server:test")
     start = len(cluster.emulator.request_log)
     with OperatorThread(settings):
         for namespace in namespaces or ("default",):
             lifecycle(cluster, namespace, "rbac-check")
+            autoscaled(cluster, namespace, "rbac-autoscaled")
     return api_requests([r for r in cluster.emulator.request_log[start:] if r.user_agent != TEST_AGENT])
 
 

@@ -248,6 +248,7 @@ def test_defaults_install_everything_for_all_namespaces(chart):
     assert settings.prometheus_url == "http://prometheus-operated.monitoring.svc:9090"
     assert (settings.service_label, settings.namespace_label) == ("tokenscale_io_service", "namespace")
     assert settings.tick_seconds == 15 and settings.log_level == "INFO"
+    assert (settings.rate_window, settings.long_rate_window) == ("1m", "5m")
     assert settings.liveness == "http://0.0.0.0:8080/healthz"
     deployment = one(objects, "Deployment")
     assert deployment["spec"]["replicas"] == 1

@@ -16,9 +16,10 @@ watched, a Role in each watched namespace otherwise. "clusterRules" are cluster-
   verbs: ["patch"]
 # The serving workload and its Service: created, repaired by replacing the spec, watched for
 # drift; never deleted by the operator (ownerReferences let the garbage collector do that).
+# The autoscaler patches the Deployment's replica count.
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "update"]
+  verbs: ["get", "list", "watch", "create", "update", "patch"]
 - apiGroups: [""]
   resources: ["services"]
   verbs: ["get", "list", "watch", "create", "update"]
@@ -29,6 +30,10 @@ watched, a Role in each watched namespace otherwise. "clusterRules" are cluster-
 - apiGroups: ["monitoring.coreos.com"]
   resources: ["podmonitors"]
   verbs: ["get", "create", "update", "delete"]
+# The autoscaler counts a service's pods that cannot be scheduled (no free GPU).
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
 # kopf reports handler results and every scaling decision as Events.
 - apiGroups: [""]
   resources: ["events"]
