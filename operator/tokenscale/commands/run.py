@@ -195,20 +195,28 @@ def run_operator(settings: Settings, *, stop_flag: Any = None, ready_flag: Any =
     import tokenscale.handlers  # noqa: F401  (registers the handlers in kopf's default registry)
 
     standalone = True if settings.standalone else None
-    asyncio.run(
-        kopf.operator(
-            settings=kopf_settings(settings),
-            standalone=standalone,
-            peering_name=settings.peering,
-            priority=settings.priority,
-            clusterwide=settings.clusterwide,
-            namespaces=list(settings.namespaces),
-            liveness_endpoint=settings.liveness,
-            stop_flag=stop_flag,
-            ready_flag=ready_flag,
-            memo=kopf.Memo(settings=settings),
-        )
-    )
+
+    async def operate() -> None:
+        try:
+            await kopf.operator(
+                settings=kopf_settings(settings),
+                standalone=standalone,
+                peering_name=settings.peering,
+                priority=settings.priority,
+                clusterwide=settings.clusterwide,
+                namespaces=list(settings.namespaces),
+                liveness_endpoint=settings.liveness,
+                stop_flag=stop_flag,
+                ready_flag=ready_flag,
+                memo=kopf.Memo(settings=settings),
+            )
+        finally:
+            # kopf waits on a threading.Event flag in an executor thread: release it however the
+            # operator ended, or asyncio.run() would wait for that thread forever.
+            if isinstance(stop_flag, threading.Event):
+                stop_flag.set()
+
+    asyncio.run(operate())
 
 
 def _configure_logging(settings: Settings) -> None:
@@ -228,9 +236,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"tokenscale run: {error}")
         return 2
     _configure_logging(settings)
-    stop = threading.Event()
-    try:
-        run_operator(settings, stop_flag=stop)
-    except KeyboardInterrupt:
-        stop.set()
+    run_operator(settings)  # in the main thread kopf stops on SIGTERM / SIGINT by itself
     return 0
