@@ -277,7 +277,8 @@ class Autoscaler:
 
         found = decision.metrics_available and unavailable is None
         if unavailable is not None:
-            metrics = (False, "PrometheusUnavailable", unavailable)
+            cause = "NoPrometheus" if self.snapshots.source is None else "PrometheusUnavailable"
+            metrics = (False, cause, unavailable)
         elif not decision.metrics_available:
             metrics = (False, "MetricsMissing", decision.reason)
         else:
