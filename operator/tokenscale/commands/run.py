@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import logging
 import os
+import random
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -57,7 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add(cluster, "--peering", "join this kopf peering (high availability: one active replica); "
          "needs the KopfPeering CRD", metavar="NAME")
     _add(cluster, "--standalone", "run without peering (a single replica)", switch=True, default=False)
-    _add(cluster, "--priority", "peering priority of this instance", kind=int, default=0, metavar="N")
+    _add(cluster, "--priority", "peering priority of this instance; default random with --peering (kopf "
+         "pauses every replica that shares a priority), else 0", kind=int, metavar="N")
     _add(cluster, "--liveness", "liveness endpoint to serve ('' disables it)", default=DEFAULT_LIVENESS,
          metavar="URL")
     _add(cluster, "--watch-server-timeout", "seconds the API server keeps one watch open", kind=int,
@@ -118,6 +120,13 @@ def _window(text: str, flag: str) -> str:
         raise ValueError(f"{flag} wants a Prometheus duration such as 30s or 2m, got {text!r}") from None
 
 
+def _priority(args: argparse.Namespace) -> int:
+    """Replicas started from one Deployment get no distinct setting: under peering, draw one."""
+    if args.priority is not None:
+        return args.priority
+    return random.SystemRandom().randint(1, 2**31 - 1) if args.peering else 0
+
+
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """The frozen Settings from parsed flags (flags win over TOKENSCALE_* variables)."""
     namespaces = args.namespace if args.namespace is not None else args.namespace_env
@@ -137,7 +146,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         namespaces=tuple(dict.fromkeys(namespaces)),
         peering=args.peering or None,
         standalone=bool(args.standalone),
-        priority=args.priority,
+        priority=_priority(args),
         liveness=args.liveness or None,
         watch_server_timeout=args.watch_server_timeout,
         watch_client_timeout=args.watch_client_timeout,
