@@ -76,7 +76,7 @@ DEMAND = [
     (
         "queue rule when tokens/s is flat at capacity",
         signals(2000, queue=20, mean_output_tokens=1),  # tokens 2001/s: within the band at 2
-        2, 5, "queue", {"tokens": 3, "queue": 5},
+        2, 3, "queue", {"tokens": 3, "queue": 3},
     ),
     (
         "kv cache near full",
@@ -149,9 +149,11 @@ RATES = [
     ("up: 4 pods win over 100% of 1", 30_000, 1, None, 5, "scaleUpRate", {"max_replicas": 40}),
     ("up: both small", 30_000, 4, None, 5, "scaleUpRate",
      {"max_replicas": 40, "scale_up": {"stabilization_seconds": 0, "max_step_percent": 10, "max_step_pods": 1}}),
-    ("down: one pod a step", 100, 8, None, 7, "scaleDownRate", {}),
-    ("down: 50% when pods allow more", 100, 8, None, 4, "scaleDownRate",
-     {"scale_down": {"stabilization_seconds": 300, "max_step_percent": 50, "max_step_pods": 10}}),
+    ("down: 50% of 8 wins over 1 pod (the defaults)", 100, 8, None, 4, "scaleDownRate", {}),
+    ("down: 3 pods win over 10% of 8", 100, 8, None, 5, "scaleDownRate",
+     {"scale_down": {"stabilization_seconds": 300, "max_step_percent": 10, "max_step_pods": 3}}),
+    ("down: one pod a step", 100, 8, None, 7, "scaleDownRate",
+     {"scale_down": {"stabilization_seconds": 300, "max_step_percent": 10, "max_step_pods": 1}}),
     ("down: the window's highest recommendation wins", 100, 8,
      History(recommendations=(Recommendation(NOW - 1000, 8), Recommendation(NOW - 400, 6), Recommendation(NOW - 50, 2))),
      6, "scaleDownStabilization",
@@ -184,9 +186,9 @@ def test_scale_down_walks_down_one_step_per_decision_after_the_window():
         decision = run(signals(500), current, history=history, now=NOW + 15 * tick)
         history, current = decision.history, decision.desired
         path.append(current)
-    # 300 s of recommendations (20 ticks) before the first step, then one pod a tick down to 1.
+    # 300 s of recommendations (20 ticks) before the first step, then 50% (at least 1 pod) a tick.
     assert path[:20] == [6] * 20
-    assert path[20:26] == [5, 4, 3, 2, 1, 1]
+    assert path[20:25] == [3, 2, 1, 1, 1]
 
 
 # --- panic -----------------------------------------------------------------------------------
@@ -209,7 +211,7 @@ def test_no_scale_down_until_panic_ends():
     during = run(signals(100), 9, history=history)
     check(during, 9, "panic")
     after = run(signals(100), 9, history=history, now=NOW + 11)
-    assert after.desired == 8 and not after.panic and after.history.panic_until is None
+    assert after.desired == 5 and not after.panic and after.history.panic_until is None
 
 
 def test_panic_counts_pending_capacity():
@@ -354,10 +356,12 @@ def test_history_round_trips_through_status_json():
         idle_since=None,
         last_scale_up=16.5,
         last_scale_down=1.0,
+        last_queue_depth=12.0,
+        last_queue_time=16.5,
     )
     state = history_to_status(history)
     wire = json.loads(json.dumps(state.model_dump(by_alias=True, mode="json")))
-    assert "panicUntil" in wire and "lastScaleUp" in wire
+    assert {"panicUntil", "lastScaleUp", "lastQueueDepth", "lastQueueTime"} <= set(wire)
     assert history_from_status(AutoscalerState.model_validate(wire)) == history
     assert history_from_status(None) == History()
 
@@ -390,3 +394,31 @@ def test_decisions_are_deterministic_and_explained():
     assert first == second
     assert first.recommendations["tokens"] == 7 and (first.desired, first.limited_by) == (6, "scaleUpRate")
     assert "4 pod(s)" in first.reason and "demand" in first.reason
+
+
+# --- arrivals from the queue's growth --------------------------------------------------------
+
+GROWTH = [
+    # (case, history queue sample, queue now, tokens/s, current, tokens recommendation)
+    ("no earlier sample: generated + backlog", None, 150, 1000, 1, 2),  # 1000 + 150*100/30
+    ("a growing queue is demand not yet generated", (0, NOW - 15), 150, 1000, 1, 3),  # + 150/15*100
+    ("a sample older than the stale limit is ignored", (0, NOW - 61), 150, 1000, 1, 2),
+    ("a draining queue is generated backlog, not new demand", (300, NOW - 15), 150, 3000, 3, 3),  # 3000-1000+500
+]
+
+
+@pytest.mark.parametrize("case,sample,queue,tps,current,tokens", GROWTH, ids=[c[0] for c in GROWTH])
+def test_queue_growth_estimates_arrivals(case, sample, queue, tps, current, tokens):
+    history = steady()
+    if sample is not None:
+        history = History(recommendations=history.recommendations, last_queue_depth=sample[0], last_queue_time=sample[1])
+    decision = run(signals(tps, queue=queue, mean_output_tokens=100), current, history=history,
+                   panic_threshold=10, target_queue_depth_per_replica=1000)
+    assert decision.recommendations["tokens"] == tokens, decision.reason
+    assert (decision.history.last_queue_depth, decision.history.last_queue_time) == (queue, NOW)
+
+
+def test_missing_metrics_forget_the_queue_sample():
+    history = History(last_queue_depth=10.0, last_queue_time=NOW - 15)
+    decision = run(Signals(), 2, history=history)
+    assert decision.history.last_queue_depth is None and decision.history.last_queue_time is None

@@ -138,7 +138,7 @@ def check_scale_down_respects_rate_and_window(spec, ticks):
         in_effect.append((now, decision.history.recommendations[-1].replicas))
         if decision.desired >= state.current:
             continue
-        step = min(max(1, math.floor(state.current * spec.scale_down.max_step_percent / 100)),
+        step = max(math.floor(state.current * spec.scale_down.max_step_percent / 100),
                    spec.scale_down.max_step_pods)
         assert decision.desired >= state.current - step, decision.reason
         if decision.limited_by == "scaleToZero":

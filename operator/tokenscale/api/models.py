@@ -510,6 +510,10 @@ class AutoscalerState(_Status):
     idle_since: float | None = Field(default=None, description="Unix time the service became idle.")
     last_scale_up: float | None = Field(default=None, description="Unix time of the last scale-up.")
     last_scale_down: float | None = Field(default=None, description="Unix time of the last scale-down.")
+    last_queue_depth: float | None = Field(
+        default=None, description="Queue depth at the last decision (its growth estimates the arrival rate)."
+    )
+    last_queue_time: float | None = Field(default=None, description="Unix time of lastQueueDepth.")
 
 
 class InferenceServiceStatus(_Status):

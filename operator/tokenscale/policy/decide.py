@@ -8,6 +8,7 @@ limits, unschedulable pods. Each step that changes the answer names itself in `l
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from tokenscale.api.models import AutoscalingSpec, MetricsUnavailableAction
@@ -93,21 +94,20 @@ def _finish(
     panic_until: float | None = None,
     idle_since: float | None = None,
     panic: bool = False,
+    queue_depth: float | None = None,
 ) -> Decision:
     """Record this decision's recommendation, stamp scale times, and build the Decision."""
-    new_history = record(history, now, recommended, spec)
-    changes = {}
-    if result.desired > result.current:
-        changes["last_scale_up"] = now
-    elif result.desired < result.current:
-        changes["last_scale_down"] = now
-    new_history = History(
-        recommendations=new_history.recommendations,
+    new_history = dataclasses.replace(
+        record(history, now, recommended, spec),
         panic_until=panic_until,
         idle_since=idle_since,
-        last_scale_up=changes.get("last_scale_up", history.last_scale_up),
-        last_scale_down=changes.get("last_scale_down", history.last_scale_down),
+        last_queue_depth=queue_depth,
+        last_queue_time=None if queue_depth is None else now,
     )
+    if result.desired > result.current:
+        new_history = dataclasses.replace(new_history, last_scale_up=now)
+    elif result.desired < result.current:
+        new_history = dataclasses.replace(new_history, last_scale_down=now)
     limited = result.limited_by in _LIMITING or replicas.unschedulable > 0
     limited_reason = ""
     if replicas.unschedulable > 0:
@@ -247,6 +247,17 @@ def _output_tokens_per_request(signals: Signals, spec: AutoscalingSpec, tps: flo
     return DEFAULT_OUTPUT_TOKENS_PER_REQUEST, "default estimate"
 
 
+def _queue_growth(history: History, queue: float, now: float, spec: AutoscalingSpec) -> float:
+    """Requests/s by which the queue grew since the last decision (0 without a recent sample)."""
+    last, then = history.last_queue_depth, history.last_queue_time
+    if last is None or then is None:
+        return 0.0
+    elapsed = now - then
+    if elapsed <= 0 or elapsed > spec.metrics_stale_after_seconds:
+        return 0.0
+    return (queue - last) / elapsed
+
+
 def _from_signals(
     signals: Signals, spec: AutoscalingSpec, replicas: ReplicaState, history: History, now: float
 ) -> Decision:
@@ -261,12 +272,21 @@ def _from_signals(
     tps = _number(signals.tokens_per_second) or 0.0
     queue = _number(signals.queue_depth) or 0.0
     per_request, _ = _output_tokens_per_request(signals, spec, tps)
+    # Arrivals = what is generated + what piles up: the queue's growth since the last decision
+    # shows demand the generated rate (saturated, or lagging its rate window) cannot.
+    growth = _queue_growth(history, queue, now, spec) * per_request
+    arrival = max(0.0, tps + growth)
     backlog_rate = queue * per_request / spec.backlog_drain_seconds
-    demand = tps + backlog_rate
+    demand = arrival + backlog_rate
 
+    # The queue rule asks for one more replica than serve now when the queue exceeds its target
+    # per replica: a trigger, not a count (a batch of hundreds of sequences drains a queue of
+    # hundreds), the tokens rule's backlog term sizes the step.
+    over_queue_target = queue > spec.target_queue_depth_per_replica * max(serving_soon, 1)
     recommendations: dict[str, int] = {
         "tokens": replicas_for(demand, capacity_per_replica),
-        "queue": replicas_for(queue, spec.target_queue_depth_per_replica),
+        "queue": serving_soon + 1 if over_queue_target else min(
+            serving_soon, replicas_for(queue, spec.target_queue_depth_per_replica)),
     }
     reporting = signals.ready_pods_reporting if signals.ready_pods_reporting else ready
     kv = _number(signals.kv_cache_usage)
@@ -320,8 +340,12 @@ def _from_signals(
     panic_until = now + spec.scale_down.stabilization_seconds if panic_now else _panic_carry(history, now)
     in_panic = panic_now or panic_until is not None
 
-    backlog_note = (f" ({_tps(tps)} generated + {queue:g} queued requests drained in "
-                    f"{spec.backlog_drain_seconds:g} s)" if queue > 0 else "")
+    parts = [f"{_tps(tps)} generated"]
+    if abs(growth) >= 0.5:
+        parts.append(f"{growth:+,.0f} tok/s of queue growth")
+    if queue > 0:
+        parts.append(f"{queue:g} queued requests drained in {spec.backlog_drain_seconds:g} s")
+    backlog_note = f" ({', '.join(parts)})" if len(parts) > 1 else ""
 
     def because(target: int) -> str:
         text = (f"demand {_tps(demand)}{backlog_note} needs {recommendations['tokens']} replica(s) at "
@@ -342,7 +366,7 @@ def _from_signals(
             result.set(current, "panic", f"Holding at {current}: panic mode (demand reached "
                        f"{spec.panic_threshold:g}x ready capacity) allows no scale-down until it ends.")
         return _finish(result, spec, replicas, history, now, proposal,
-                       panic_until=panic_until, idle_since=idle_since, panic=True)
+                       panic_until=panic_until, idle_since=idle_since, panic=True, queue_depth=queue)
 
     decision_history = record(history, now, proposal, spec)
     if proposal > current:
@@ -364,7 +388,7 @@ def _from_signals(
         result.set(current, "minReplicas", f"Holding at {current}: minReplicas; {because(wanted)}.")
     else:
         result.set(current, rule, f"Holding at {current}: {because(proposal)}.")
-    return _finish(result, spec, replicas, history, now, proposal, idle_since=idle_since)
+    return _finish(result, spec, replicas, history, now, proposal, idle_since=idle_since, queue_depth=queue)
 
 
 def _window(history: History, now: float, seconds: float) -> tuple[list[int], bool]:
@@ -429,7 +453,7 @@ def _scale_down(result, spec, history, now, proposal, to_zero, partial, rule, be
         result.set(current, "hold:partialMetrics", f"Holding at {current}: not every ready replica reports "
                    "metrics, so the load may be under-counted.")
         return
-    step = min(max(1, math.floor(current * rules.max_step_percent / 100)), rules.max_step_pods)
+    step = max(math.floor(current * rules.max_step_percent / 100), rules.max_step_pods)
     if target < current - step:
         target = current - step
         limit, note = "scaleDownRate", f"scale-down is limited to {step} pod(s) a step"

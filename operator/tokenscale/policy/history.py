@@ -7,6 +7,8 @@ with a 15 s tick and a 300 s window, a steady service keeps one or two entries i
 
 from __future__ import annotations
 
+import dataclasses
+
 from tokenscale.api.models import AutoscalerState, AutoscalingSpec, RecommendationRecord
 
 from .types import History, Recommendation
@@ -38,13 +40,7 @@ def record(history: History, now: float, replicas: int, spec: AutoscalingSpec) -
 
 
 def _replace(history: History, items: tuple[Recommendation, ...]) -> History:
-    return History(
-        recommendations=tuple(items),
-        panic_until=history.panic_until,
-        idle_since=history.idle_since,
-        last_scale_up=history.last_scale_up,
-        last_scale_down=history.last_scale_down,
-    )
+    return dataclasses.replace(history, recommendations=tuple(items))
 
 
 def history_from_status(state: AutoscalerState | None) -> History:
@@ -61,6 +57,8 @@ def history_from_status(state: AutoscalerState | None) -> History:
         idle_since=state.idle_since,
         last_scale_up=state.last_scale_up,
         last_scale_down=state.last_scale_down,
+        last_queue_depth=state.last_queue_depth,
+        last_queue_time=state.last_queue_time,
     )
 
 
@@ -74,4 +72,6 @@ def history_to_status(history: History) -> AutoscalerState:
         idle_since=history.idle_since,
         last_scale_up=history.last_scale_up,
         last_scale_down=history.last_scale_down,
+        last_queue_depth=history.last_queue_depth,
+        last_queue_time=history.last_queue_time,
     )

@@ -67,6 +67,8 @@ class History:
     idle_since: float | None = None
     last_scale_up: float | None = None
     last_scale_down: float | None = None
+    last_queue_depth: float | None = None  # the queue at the last decision with usable metrics
+    last_queue_time: float | None = None
 
 
 @dataclass(frozen=True)
