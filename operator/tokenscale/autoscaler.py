@@ -218,7 +218,7 @@ class Autoscaler:
             if scaled and announce is not None:
                 verb = "ScaledUp" if decision.desired > decision.current else "ScaledDown"
                 announce("Normal", verb, decision.reason)
-        self._write(owner, status, spec, decision, signals, unavailable, now, scaled, acts)
+        self._write(owner, status, spec, decision, signals, unavailable, now, scaled, acts, unschedulable)
         return decision
 
     # --- cluster I/O ----------------------------------------------------------------------------
@@ -251,7 +251,8 @@ class Autoscaler:
         return True
 
     def _write(self, owner: dict[str, Any], status: dict[str, Any], spec: InferenceServiceSpec, decision: Decision,
-               signals: Signals, unavailable: str | None, now: float, scaled: bool, acts: bool) -> None:
+               signals: Signals, unavailable: str | None, now: float, scaled: bool, acts: bool,
+               unschedulable: int) -> None:
         generation = (owner.get("metadata") or {}).get("generation")
         stamp = _rfc3339(now)
         patch: dict[str, Any] = {
@@ -290,7 +291,8 @@ class Autoscaler:
         else:
             active = (True, "Active", f"scaling on throughput; last decision: {decision.reason}")
         if decision.scaling_limited:
-            limited = (True, _reason(decision.limited_by or "limited"), decision.scaling_limited_reason or decision.reason)
+            rule = "unschedulable" if unschedulable else decision.limited_by or "limited"
+            limited = (True, _reason(rule), decision.scaling_limited_reason or decision.reason)
         else:
             limited = (False, "WithinLimits", "")
         for key in ("costPerMillionTokens",):  # null removes a stale value; absent stays absent

@@ -47,8 +47,9 @@ def _spec(**autoscaling):
 class PodPool:
     """Plays Deployment controller and kubelet for one service: `replicas` pods run and are ready."""
 
-    def __init__(self, cluster, name: str, size: int):
+    def __init__(self, cluster, name: str, size: int, schedulable: int | None = None):
         self.cluster, self.name = cluster, name
+        self.schedulable = size if schedulable is None else schedulable  # pods beyond never run
         self.pods = [EngineExporter("builtin").start() for _ in range(size)]
         for pod in self.pods:
             pod.serving = False
@@ -79,7 +80,7 @@ class PodPool:
                 deployment = self.cluster.apps.read_namespaced_deployment(self.name, NAMESPACE)
             except Exception:  # not created yet
                 continue
-            wanted = min(deployment.spec.replicas or 0, len(self.pods))
+            wanted = min(deployment.spec.replicas or 0, len(self.pods), self.schedulable)
             if wanted != self.running or (deployment.status.ready_replicas or 0) != wanted:
                 with self._lock:
                     self.running = wanted
@@ -100,7 +101,8 @@ class PodPool:
 
 @pytest.fixture(scope="module")
 def pools(cluster):
-    made = {"chat": PodPool(cluster, "chat", MAX_REPLICAS), "dry": PodPool(cluster, "dry", 2)}
+    made = {"chat": PodPool(cluster, "chat", MAX_REPLICAS), "dry": PodPool(cluster, "dry", 2),
+            "starved": PodPool(cluster, "starved", 1)}
     yield made
     for pool in made.values():
         pool.stop()
@@ -231,3 +233,25 @@ def test_manual_mode_applies_spec_replicas_and_kubectl_scale(cluster):
         GROUP, VERSION, NAMESPACE, PLURAL, "manual"))["status"].get("replicas") == 3 and s, message="scale status")
     assert scale["spec"]["replicas"] == 3
     assert scale["status"]["selector"] == "app.kubernetes.io/instance=manual,tokenscale.io/service=manual"
+
+
+def test_unschedulable_pods_stop_scale_up_and_raise_scaling_limited(cluster, pools):
+    starved = pools["starved"].start()  # one pod fits; the cluster has no GPU for more
+    starved.set_load(250.0)
+    cluster.create_service(NAMESPACE, "starved", _spec())
+    wait_for(lambda: _replicas(cluster, "starved") == 3, timeout=30, message="a scale-up to 3")
+    # The scheduler's verdict on the two pods that did not fit, as a real cluster would show it.
+    for index in range(2):
+        pod = f"starved-pending-{index}"
+        cluster.core.create_namespaced_pod(NAMESPACE, {
+            "metadata": {"name": pod, "labels": {"tokenscale.io/service": "starved"}},
+            "spec": {"containers": [{"name": "server", "image": "tokenscale/server:test"}]}})
+        cluster.core.patch_namespaced_pod_status(pod, NAMESPACE, {"status": {"phase": "Pending", "conditions": [
+            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+             "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}]}})
+    starved.set_load(600.0)  # far more demand: more replicas would not help
+    condition = wait_for(lambda: _condition(cluster, "starved", "ScalingLimited").get("status") == "True"
+                         and _condition(cluster, "starved", "ScalingLimited"), timeout=15, message="ScalingLimited")
+    assert condition["reason"] == "Unschedulable" and "cannot be scheduled" in condition["message"]
+    time.sleep(3.0)
+    assert _replicas(cluster, "starved") == 3
