@@ -1,0 +1,209 @@
+"""Continuous batching vs static batching on the same staggered workload, in one run.
+
+(a) tokenscale's engine (the server's engine thread, in-process) and (b) static batched HF
+`generate` (collect what has arrived, pad, generate until the longest is done, repeat) serve the
+same seeded requests: Poisson arrivals, mixed prompt and output lengths, outputs of exactly the
+requested length (ignore_eos). Prints useful tokens/s of each, their ratio, and TTFT p50/p99.
+
+    python bench/server_throughput.py                       # the tiny model, built in a temp dir
+    python bench/server_throughput.py --model DIR --device cuda --requests 256 --rate 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Job:
+    index: int
+    arrival: float  # seconds after the start
+    prompt_ids: list[int]
+    output_len: int
+    first_token: float | None = None
+    finished: float | None = None
+    tokens: int = 0
+
+
+@dataclass
+class Result:
+    name: str
+    jobs: list[Job] = field(default_factory=list)
+    wall: float = 0.0
+
+    @property
+    def useful_tokens(self) -> int:
+        return sum(j.tokens for j in self.jobs)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.useful_tokens / self.wall
+
+    def ttft(self, quantile: float) -> float:
+        values = sorted(j.first_token - j.arrival for j in self.jobs)
+        return values[min(len(values) - 1, int(quantile * len(values)))]
+
+
+def make_workload(tokenizer, requests: int, rate: float, prompt_range, output_range, seed: int) -> list[Job]:
+    rng = random.Random(seed)
+    words = ["queue", "replica", "token", "scale", "latency", "slot", "model", "GPU", "batch", "serve"]
+    jobs, clock = [], 0.0
+    for index in range(requests):
+        clock += rng.expovariate(rate)
+        target = rng.randint(*prompt_range)
+        ids = tokenizer(" ".join(rng.choice(words) for _ in range(target))).input_ids[:target]
+        jobs.append(Job(index, clock, ids, rng.randint(*output_range)))
+    return jobs
+
+
+def fresh(jobs: list[Job]) -> list[Job]:
+    return [Job(j.index, j.arrival, j.prompt_ids, j.output_len) for j in jobs]
+
+
+def run_engine(loaded, jobs: list[Job], max_batch: int, max_len: int) -> Result:
+    from tokenscale_server.engine import Engine, EngineConfig
+    from tokenscale_server.metrics import ServerMetrics
+    from tokenscale_server.sampling import SamplingParams
+
+    by_id: dict[str, Job] = {}
+    done = threading.Event()
+    start = 0.0
+
+    def on_outputs(outputs):
+        now = time.perf_counter() - start
+        for output in outputs:
+            job = by_id[output.request_id]
+            if job.first_token is None and output.new_token_ids:
+                job.first_token = now
+            job.tokens = output.completion_tokens
+            if output.finish_reason:
+                job.finished = now
+        if all(j.finished is not None for j in jobs):
+            done.set()
+
+    config = EngineConfig(max_batch=max_batch, max_model_len=max_len, token_budget=max(512, 2 * max_batch),
+                          max_waiting=len(jobs))
+    engine = Engine(loaded, config, ServerMetrics("bench"), on_outputs)
+    engine.start()
+    start = time.perf_counter()
+    for job in jobs:
+        delay = job.arrival - (time.perf_counter() - start)
+        if delay > 0:
+            time.sleep(delay)
+        request_id = f"job-{job.index}"
+        by_id[request_id] = job
+        engine.submit(job.prompt_ids, SamplingParams(max_tokens=job.output_len, temperature=0.0,
+                                                     ignore_eos=True), request_id)
+    done.wait()
+    engine.stop()
+    return Result("continuous batching (tokenscale engine)", jobs, max(j.finished for j in jobs))
+
+
+class _StepClock:
+    """A `generate` streamer: stamps when each decoding step's tokens come out."""
+
+    def __init__(self, batch: list[Job], start: float):
+        self.batch, self.start, self.calls = batch, start, 0
+
+    def put(self, _tokens) -> None:
+        self.calls += 1
+        if self.calls == 1:  # the first call carries the prompt
+            return
+        now = time.perf_counter() - self.start
+        step = self.calls - 1
+        for job in self.batch:
+            if job.first_token is None:
+                job.first_token = now
+            if step == job.output_len:  # its tokens are all out: credit it now, not at batch end
+                job.finished = now
+                job.tokens = job.output_len
+
+    def end(self) -> None:
+        pass
+
+
+def run_static(loaded, jobs: list[Job], max_batch: int) -> Result:
+    import torch
+
+    model, tokenizer = loaded.model, loaded.tokenizer
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pending = list(jobs)
+    start = time.perf_counter()
+    while pending:
+        now = time.perf_counter() - start
+        if pending[0].arrival > now:
+            time.sleep(pending[0].arrival - now)
+            continue
+        batch = [j for j in pending if j.arrival <= now][:max_batch]
+        pending = [j for j in pending if j not in batch]
+        width = max(len(j.prompt_ids) for j in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, job in enumerate(batch):  # left padding, as decoder-only generation needs
+            ids[row, width - len(job.prompt_ids):] = torch.tensor(job.prompt_ids)
+            mask[row, width - len(job.prompt_ids):] = 1
+        longest = max(j.output_len for j in batch)
+        with torch.inference_mode():
+            model.generate(ids.to(loaded.device), attention_mask=mask.to(loaded.device), do_sample=False,
+                           max_new_tokens=longest, min_new_tokens=longest, pad_token_id=pad,
+                           streamer=_StepClock(batch, start))
+    return Result("static batching (HF generate)", jobs, max(j.finished for j in jobs))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="model directory (default: the tiny model, built in a temp dir)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads for both sides (default 1: on a small shared CPU more "
+                             "threads than free cores stall OpenMP and make timings meaningless)")
+    parser.add_argument("--requests", type=int, default=64)
+    parser.add_argument("--rate", type=float, default=20.0, help="mean arrivals per second (Poisson)")
+    parser.add_argument("--prompt-tokens", type=int, nargs=2, default=(8, 96), metavar=("MIN", "MAX"))
+    parser.add_argument("--output-tokens", type=int, nargs=2, default=(8, 128), metavar=("MIN", "MAX"))
+    parser.add_argument("--max-batch", type=int, default=32, help="both sides batch at most this many")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    from tokenscale_server.model_runner import load_model, resolve_device, resolve_dtype
+    from tokenscale_server.tiny_model import build
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as scratch:
+        model_dir = args.model or str(build(scratch))
+        device = resolve_device(args.device)
+        loaded = load_model(model_dir, device, resolve_dtype(args.dtype, device))
+    jobs = make_workload(loaded.tokenizer, args.requests, args.rate, args.prompt_tokens, args.output_tokens,
+                         args.seed)
+    max_len = max(len(j.prompt_ids) + j.output_len for j in jobs) + 1
+    run_engine(loaded, fresh(jobs[:4]), args.max_batch, max_len)  # warm-up, not measured
+    engine = run_engine(loaded, fresh(jobs), args.max_batch, max_len)
+    static = run_static(loaded, fresh(jobs), args.max_batch)
+
+    print(f"workload: {len(jobs)} requests, Poisson {args.rate:g}/s, prompts {args.prompt_tokens[0]}-"
+          f"{args.prompt_tokens[1]} tokens, outputs {args.output_tokens[0]}-{args.output_tokens[1]} tokens, "
+          f"max batch {args.max_batch}; {device} {loaded.dtype}, {torch.get_num_threads()} threads")
+    print(f"{'':42s} {'useful tok/s':>12s} {'TTFT p50':>10s} {'TTFT p99':>10s} {'makespan':>9s}")
+    for result in (engine, static):
+        print(f"{result.name:42s} {result.tokens_per_s:12.0f} {result.ttft(0.5) * 1000:8.0f}ms "
+              f"{result.ttft(0.99) * 1000:8.0f}ms {result.wall:8.1f}s")
+    assert engine.useful_tokens == static.useful_tokens == sum(j.output_len for j in jobs)
+    ratio = engine.tokens_per_s / static.tokens_per_s
+    print(f"ratio (continuous / static useful tok/s): {ratio:.2f}  (target >= 1.5)")
+    print(f"TTFT p50: static is {static.ttft(0.5) / engine.ttft(0.5):.0f}x slower to the first token")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
