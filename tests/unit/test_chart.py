@@ -7,6 +7,7 @@ kinds against their CRDs or, for the Prometheus Operator's kinds, against the st
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import tomllib
@@ -199,6 +200,20 @@ def run_settings(objects: list[dict[str, Any]]):
         return settings_from_args(build_parser("run").parse_args(["run"]))
 
 
+_VALIDATED: set[str] = set()  # objects the scenarios share (the CRDs) are validated once
+
+
+def validate_builtin(obj: dict[str, Any]) -> None:
+    key = json.dumps(obj, sort_keys=True)
+    if key in _VALIDATED:
+        return
+    try:
+        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as error:
+        pytest.fail(f"{obj['kind']} {obj['metadata']['name']}: {error.message}")
+    _VALIDATED.add(key)
+
+
 # --- lint, render, validate ------------------------------------------------------------------------
 
 
@@ -227,10 +242,7 @@ def test_every_object_validates(chart, scenario):
         elif group == "kopf.dev":
             assert crdcheck.validate(obj, peering_crds[obj["kind"]]) == []
         else:
-            try:
-                kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
-            except kubernetes_validate.ValidationError as error:
-                pytest.fail(f"{obj['kind']} {obj['metadata']['name']}: {error.message}")
+            validate_builtin(obj)
         assert obj["metadata"]["name"]
         checked += 1
     assert checked == len(objects) >= 8
