@@ -1,0 +1,117 @@
+"""`tokenscale bench autoscaling`: every policy's cost at the SLO on every trace, in one run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+DESCRIPTION = """\
+For each trace, tune each policy's main target (hpa: tokens/s per pod; keda: queued requests
+per pod; kpa: concurrency per pod; static: replicas; oracle: utilisation; tokenscale:
+targetTokensPerSecondPerReplica) and report the GPU-hours each needs to keep >= 99% of
+requests within the TTFT target, as a ratio to the best baseline and to the oracle.
+Runs the request traces of ../shared/traces (beside the repository) when present, and the
+generated traces (poisson, bursty, diurnal, flash-crowd) always.
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = DESCRIPTION
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("suite", choices=("autoscaling",), help="the benchmark to run")
+    parser.add_argument("--trace", action="append", default=[], metavar="CSV",
+                        help="a request trace (repeatable); replaces the shared traces")
+    parser.add_argument("--traces-dir", metavar="DIR", help="where the shared traces are (default: ../shared/traces)")
+    parser.add_argument("--profile", default="h100-llama-8b", help="replica model (default h100-llama-8b)")
+    parser.add_argument("--policy", action="append", metavar="NAME", help="only these policies (repeatable)")
+    parser.add_argument("--workers", type=int, default=2, help="processes (default 2)")
+    parser.add_argument("--json", metavar="FILE", help="write the report as JSON")
+    parser.add_argument("--quick", action="store_true",
+                        help="10-minute generated traces, a coarse grid, no trace files: for tests")
+
+
+def repo_traces_dir() -> Path | None:
+    """../shared/traces beside the repository root (or beside the working directory)."""
+    candidates = [Path(__file__).resolve().parents[3], Path.cwd()]
+    for root in candidates:
+        if (root / "pyproject.toml").exists():
+            path = root.parent / "shared" / "traces"
+            if path.is_dir():
+                return path
+    return None
+
+
+def run(args) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from tokenscale.sim.autoscalers import POLICY_NAMES
+    from tokenscale.sim.bench import GENERATED, TraceSpec, default_traces, run_benchmark
+
+    console = Console()
+    policies = args.policy or list(POLICY_NAMES)
+    unknown = [p for p in policies if p not in POLICY_NAMES]
+    if unknown:
+        console.print(f"[red]unknown policies {unknown}; known: {', '.join(POLICY_NAMES)}")
+        return 2
+    if args.quick:
+        traces = [TraceSpec(name, duration_s=600.0, mean_replicas=3.0) for name in GENERATED]
+        traces = [TraceSpec(str(t), duration_s=600.0, mean_replicas=3.0) for t in args.trace] + traces
+    else:
+        shared = Path(args.traces_dir) if args.traces_dir else repo_traces_dir()
+        traces = default_traces(shared, args.trace)
+    started = time.monotonic()
+    with Progress(
+        TextColumn("[bold]autoscaling bench"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+        task = progress.add_task("", total=len(traces) * len(policies))
+
+        def done(trace: str, policy: str) -> None:
+            progress.update(task, advance=1, description=f"{Path(trace).stem} / {policy}")
+
+        report = run_benchmark(
+            traces, profile_name=args.profile, policies=policies, workers=args.workers, quick=args.quick, on_done=done
+        )
+    report["settings"]["wall_seconds"] = round(time.monotonic() - started, 1)
+    console.print(report_table(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+        console.print(f"report written to {args.json}")
+    return 0
+
+
+def report_table(report: dict):
+    from rich.table import Table
+
+    settings = report["settings"]
+    table = Table(
+        title=f"GPU-hours at the SLO ({settings['slo']}), profile {settings['profile']}",
+        caption="ratio < 1 is cheaper; '-' = the SLO was not reached within 2x the cost of holding the peak",
+    )
+    for column in ("trace", "peak/mean", "policy", "GPU-h at SLO", "within SLO", "vs best baseline", "vs oracle"):
+        table.add_column(column, justify="left" if column in ("trace", "policy") else "right")
+    for trace in report["traces"]:
+        name = Path(trace["trace"]).stem
+        for index, row in enumerate(trace["policies"]):
+            def fmt(value, pattern):
+                return "-" if value is None else pattern.format(value)
+
+            table.add_row(
+                name if index == 0 else "",
+                f"{trace['peak_to_mean']:.2f}" if index == 0 else "",
+                ("[bold]" if row["policy"] == "tokenscale" else "") + row["policy"],
+                fmt(row["gpu_hours_at_slo"], "{:.2f}"),
+                f"{row['slo_attainment']:.2%}",
+                fmt(row["ratio_to_best_baseline"], "{:.2f}x"),
+                fmt(row["ratio_to_oracle"], "{:.2f}x"),
+            )
+        table.add_section()
+    return table

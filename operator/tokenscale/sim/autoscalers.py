@@ -1,0 +1,104 @@
+"""Autoscalers the simulator can run: tokenscale's own policy and the baselines, by name.
+
+`TokenscalePolicy` calls `tokenscale.policy.decide` itself (not a copy), with the signals built
+from the simulated Prometheus exactly as tokenscale.metrics builds them from a real one, the
+replica state as the Deployment reports it, and the history it stored last tick.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from tokenscale.api import AutoscalingSpec
+from tokenscale.policy.types import History, ReplicaState, Signals
+
+from .baselines import HorizontalPodAutoscaler, KnativeKPA, Oracle, StaticReplicas, hpa, keda
+
+TOKENSCALE_TICK_S = 15.0  # the operator's default --tick-seconds
+TTFT_QUANTILE = 0.9
+_SIGNAL_FIELDS = {f.name for f in dataclasses.fields(Signals)}
+
+
+def signals_from(view, now: float) -> Signals:
+    """The canonical signals as the operator's Prometheus queries would return them at `now`."""
+    config = view.config
+    sample = view.latest(now)
+    if sample is None:
+        return Signals()
+    values = {
+        "tokens_per_second": view.rate("generated_tokens", now, config.short_window_s),
+        "tokens_per_second_long": view.rate("generated_tokens", now, config.long_window_s),
+        "prompt_tokens_per_second": view.rate("prompt_tokens", now, config.short_window_s),
+        "queue_depth": float(sample.waiting),
+        "running_requests": float(sample.running),
+        "kv_cache_usage": sample.kv_usage,
+        "ttft_p90_seconds": view.ttft_quantile(now, config.short_window_s, TTFT_QUANTILE),
+        "sample_age_seconds": now - sample.time,
+        "ready_pods_reporting": sample.pods_reporting,
+    }
+    finished = view.rate("finished_requests", now, config.long_window_s)
+    if finished:
+        tokens = view.rate("finished_output_tokens", now, config.long_window_s)
+        values["mean_output_tokens"] = tokens / finished if tokens is not None else None
+    return Signals(**{k: v for k, v in values.items() if k in _SIGNAL_FIELDS})
+
+
+class TokenscalePolicy:
+    instant_startup = False
+    wants_concurrency = False
+
+    def __init__(self, spec: AutoscalingSpec, *, tick_s: float = TOKENSCALE_TICK_S):
+        from tokenscale.policy import decide  # the policy package is imported only when it runs
+
+        self.name = "tokenscale"
+        self.spec = spec
+        self.interval_s = tick_s
+        self.history = History()
+        self.decisions: list = []  # every Decision, for --explain style output
+        self._decide = decide
+        self.parameters = {
+            "target_tokens_per_second_per_replica": round(spec.target_tokens_per_second_per_replica, 3),
+            "target_queue_depth_per_replica": spec.target_queue_depth_per_replica,
+        }
+
+    def initial_replicas(self, sim) -> int:
+        return min(max(sim.warm_start_replicas(), self.spec.min_replicas, 1), self.spec.max_replicas)
+
+    def decide(self, now: float, sim) -> int:
+        starting, ready, _draining = sim.replica_counts()
+        replicas = ReplicaState(current=sim.desired, ready=ready)
+        decision = self._decide(signals_from(sim.metrics, now), self.spec, replicas, self.history, now)
+        self.history = decision.history
+        if decision.changed:
+            self.decisions.append((now, decision))
+        return decision.desired
+
+
+POLICY_NAMES = ("hpa", "keda", "kpa", "static", "oracle", "tokenscale")
+BASELINE_NAMES = ("hpa", "keda", "kpa", "static")
+
+
+def make_autoscaler(name: str, target: float, spec: AutoscalingSpec):
+    """One autoscaler with its main target set to `target`; bounds from the spec.
+
+    hpa: generated tokens/s per pod; keda: queued requests per pod; kpa: concurrency per pod;
+    static: replicas; oracle: utilisation 0..1; tokenscale: targetTokensPerSecondPerReplica."""
+    low, high = max(spec.min_replicas, 1), spec.max_replicas
+    if name == "hpa":
+        scaler: object = hpa(target, max_replicas=high)
+    elif name == "keda":
+        scaler = keda(target, max_replicas=high)
+    elif name == "kpa":
+        scaler = KnativeKPA(target, min_replicas=low, max_replicas=high)
+    elif name == "static":
+        scaler = StaticReplicas(int(math.ceil(target)))
+    elif name == "oracle":
+        scaler = Oracle(target, min_replicas=low, max_replicas=high)
+    elif name == "tokenscale":
+        scaler = TokenscalePolicy(spec.model_copy(update={"target_tokens_per_second_per_replica": target}))
+    else:
+        raise ValueError(f"unknown policy {name!r}; known: {', '.join(POLICY_NAMES)}")
+    if isinstance(scaler, HorizontalPodAutoscaler):
+        scaler.algorithm.min_replicas = low
+    return scaler

@@ -1,0 +1,303 @@
+"""The autoscaling benchmark: for each trace, each policy's cost at the SLO, tuned.
+
+For every (trace, policy) the policy's main target is searched on a geometric grid, from its
+cheapest plausible setting towards more capacity, until >= `slo` of requests meet the TTFT
+target; the step before and after are then bisected twice. The cheapest passing setting's
+GPU-hours are the policy's cost at the SLO. Each (trace, policy) search is one task, so two
+worker processes split the run.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from tokenscale.api import AutoscalingSpec
+
+from . import workload as wl
+from .autoscalers import BASELINE_NAMES, POLICY_NAMES, make_autoscaler
+from .profiles import ReplicaProfile, get_profile
+from .results import SimResult
+from .simulator import SimConfig, Simulation, request_work_per_second
+
+SLO_ATTAINMENT = 0.99
+MEAN_REPLICAS = 4.0  # every trace is scaled to need this many replicas on average (at saturation)
+MAX_REPLICAS = 256
+COST_CAP_OVER_PEAK = 2.0
+REQUEST_TRACES = ("azure2023_code_1h.csv", "azure2023_conv_1h.csv", "mooncake_fast25_conversation_1h.csv")
+GENERATED = ("poisson", "bursty", "diurnal", "flash-crowd")
+
+
+@dataclass(frozen=True)
+class TraceSpec:
+    """A trace file, or one of the generators, scaled to `mean_replicas` of work."""
+
+    name: str  # the path of a CSV, or a generator name
+    mean_replicas: float = MEAN_REPLICAS
+    duration_s: float = 3600.0
+    seed: int = 0
+
+    @property
+    def is_file(self) -> bool:
+        return self.name not in GENERATED
+
+
+def generated_lengths() -> wl.Lengths:
+    return wl.Lengths(input_mean=1500, input_cv=1.5, output_mean=300, output_cv=1.0)
+
+
+@lru_cache(maxsize=8)
+def build_workload(spec: TraceSpec, profile_name: str) -> wl.Workload:
+    profile = get_profile(profile_name)
+    if spec.is_file:
+        jitter = 3.0 if "mooncake" in Path(spec.name).name else 0.0  # 3-s timestamp steps
+        raw = wl.load_csv(spec.name, jitter_s=jitter, seed=spec.seed, max_duration_s=spec.duration_s)
+    else:
+        raw = _generate(spec.name, spec.duration_s, spec.seed)
+    work = float(request_work_per_second(raw, profile).mean())
+    return raw.amplified(spec.mean_replicas / work, seed=spec.seed)
+
+
+def _generate(name: str, duration_s: float, seed: int) -> wl.Workload:
+    """Generators at a nominal 1 request/s mean; `build_workload` scales them."""
+    lengths = generated_lengths()
+    if name == "poisson":
+        return wl.poisson(1.0, duration_s, lengths, seed=seed)
+    if name == "bursty":  # 5x for 2 minutes out of each 10
+        return wl.bursty(0.55, 2.78, duration_s, on_s=120, off_s=480, lengths=lengths, seed=seed)
+    if name == "diurnal":  # a whole day compressed into the hour
+        return wl.diurnal(1.6, duration_s, day_s=duration_s, lengths=lengths, seed=seed)
+    if name == "flash-crowd":  # 6x within 30 s, held 5 minutes, decaying over 5
+        return wl.flash_crowd(0.6, 3.6, duration_s, lengths=lengths, seed=seed)
+    raise ValueError(f"unknown generator {name!r}; known: {', '.join(GENERATED)}")
+
+
+# --- tuning -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Tuned:
+    policy: str
+    best: SimResult | None  # cheapest run that met the SLO
+    closest: SimResult  # highest attainment seen (reported when nothing met the SLO)
+    runs: list[SimResult] = field(default_factory=list)
+
+
+def _search_space(policy: str, sim_probe: Simulation, spec: AutoscalingSpec, quick: bool):
+    """(start, factor towards more capacity, integer?) for the policy's main target."""
+    capacity = sim_probe.reference_capacity_tps
+    profile = sim_probe.profile
+    if policy in ("hpa", "tokenscale"):
+        return 0.8 * capacity, 0.8, False  # tokens/s per replica, from near saturation downwards
+    if policy == "keda":
+        return 8.0, 0.5, False  # queued requests per replica
+    if policy == "kpa":
+        return profile.max_batch / 2, 0.7, False  # in-flight requests per replica
+    if policy == "oracle":
+        return 1.2, 0.85, False  # utilisation of the saturated capacity
+    raise ValueError(policy)
+
+
+def tune(
+    policy: str,
+    workload: wl.Workload,
+    profile: ReplicaProfile,
+    spec: AutoscalingSpec,
+    *,
+    config: SimConfig = SimConfig(),
+    slo: float = SLO_ATTAINMENT,
+    quick: bool = False,
+) -> Tuned:
+    runs: list[SimResult] = []
+
+    def run(target: float) -> SimResult:
+        result = Simulation(workload, profile, config).run(make_autoscaler(policy, target, spec))
+        runs.append(result)
+        return result
+
+    if policy == "static":
+        return _tune_static(run, runs, workload, profile, config, spec, slo)
+    probe = Simulation(workload, profile, config)
+    start, factor, _ = _search_space(policy, probe, spec, quick)
+    steps = 6 if quick else 10
+    refine = 1 if quick else 2
+    cost_cap = COST_CAP_OVER_PEAK * peak_provisioning_gpu_hours(probe)
+    failing, passing = None, None
+    target = start
+    for _ in range(steps):
+        result = run(target)
+        if result.slo_attainment >= slo:
+            passing = target
+            break
+        if result.gpu_hours > cost_cap:  # already dearer than provisioning the peak, still failing
+            break
+        failing = target
+        target *= factor
+    if passing is not None and failing is not None:
+        for _ in range(refine):  # bisect geometrically between the last failure and the first pass
+            middle = math.sqrt(failing * passing)
+            if run(middle).slo_attainment >= slo:
+                passing = middle
+            else:
+                failing = middle
+    return _pick(policy, runs, slo)
+
+
+def peak_provisioning_gpu_hours(sim: Simulation) -> float:
+    """GPU-hours of holding the trace's peak work (10-s average) all along: the search gives
+    up on a policy that costs a multiple of it and still misses the SLO."""
+    work = sim.work_per_second
+    peak = float(np.convolve(work, np.ones(10) / 10, mode="valid").max()) if len(work) >= 10 else work.max()
+    return max(1.0, math.ceil(peak)) * sim.profile.gpus_per_replica * sim.workload.duration_s / 3600
+
+
+def _tune_static(run, runs, workload, profile, config, spec, slo) -> Tuned:
+    """The fewest replicas that meet the SLO all trace long: a binary search over the count."""
+    low, high = 1, max(spec.max_replicas, 1)
+    peak_work = Simulation(workload, profile, config).work_per_second.max()
+    guess = min(high, max(1, math.ceil(peak_work)))
+    if run(guess).slo_attainment >= slo:
+        high = guess
+    else:
+        low = guess + 1
+        if low <= high and run(high).slo_attainment < slo:
+            return _pick("static", runs, slo)
+    while low < high:
+        middle = (low + high) // 2
+        if run(middle).slo_attainment >= slo:
+            high = middle
+        else:
+            low = middle + 1
+    return _pick("static", runs, slo)
+
+
+def _pick(policy: str, runs: list[SimResult], slo: float) -> Tuned:
+    passing = [r for r in runs if r.slo_attainment >= slo]
+    best = min(passing, key=lambda r: r.gpu_hours) if passing else None
+    closest = max(runs, key=lambda r: (r.slo_attainment, -r.gpu_hours))
+    return Tuned(policy, best, closest, runs)
+
+
+# --- the whole benchmark ----------------------------------------------------------------------
+
+
+def default_traces(traces_dir: Path | None, explicit: Iterable[str] = ()) -> list[TraceSpec]:
+    specs = [TraceSpec(str(path)) for path in explicit]
+    if not specs and traces_dir is not None and traces_dir.is_dir():
+        specs += [TraceSpec(str(traces_dir / n)) for n in REQUEST_TRACES if (traces_dir / n).exists()]
+    specs += [TraceSpec(name) for name in GENERATED]
+    return specs
+
+
+def _task(trace: TraceSpec, policy: str, profile_name: str, spec_json: dict, config: SimConfig, quick: bool):
+    profile = get_profile(profile_name)
+    spec = AutoscalingSpec.model_validate(spec_json)
+    workload = build_workload(trace, profile_name)
+    tuned = tune(policy, workload, profile, spec, config=config, quick=quick)
+    return trace, policy, workload.peak_to_mean(60.0), tuned
+
+
+def bench_spec() -> AutoscalingSpec:
+    """tokenscale's settings in the benchmark: the defaults, bounds wide enough for the peaks."""
+    return AutoscalingSpec(min_replicas=1, max_replicas=MAX_REPLICAS)
+
+
+def run_benchmark(
+    traces: list[TraceSpec],
+    *,
+    profile_name: str = "h100-llama-8b",
+    policies: Iterable[str] = POLICY_NAMES,
+    config: SimConfig = SimConfig(),
+    workers: int = 2,
+    quick: bool = False,
+    on_done: Callable[[str, str], None] | None = None,
+) -> dict:
+    """Run every (trace, policy) search; return the JSON-ready report."""
+    policies = list(policies)
+    spec_json = bench_spec().model_dump(by_alias=True, mode="json")
+    tasks = [(t, p, profile_name, spec_json, config, quick) for t in traces for p in policies]
+    found: dict[tuple[str, str], tuple[float, Tuned]] = {}
+    if workers <= 1:
+        for task in tasks:
+            trace, policy, ratio, tuned = _task(*task)
+            found[(trace.name, policy)] = (ratio, tuned)
+            if on_done:
+                on_done(trace.name, policy)
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = [pool.submit(_task, *task) for task in tasks]
+            for future in as_completed(futures):
+                trace, policy, ratio, tuned = future.result()
+                found[(trace.name, policy)] = (ratio, tuned)
+                if on_done:
+                    on_done(trace.name, policy)
+    return _report(traces, policies, found, profile_name, config)
+
+
+def _ratio(value: float | None, reference: float | None) -> float | None:
+    if value is None or reference is None or reference <= 0:
+        return None
+    return round(value / reference, 4)
+
+
+def _report(traces, policies, found, profile_name, config) -> dict:
+    entries = []
+    all_details = []
+    for trace in traces:
+        tuned = {p: found[(trace.name, p)][1] for p in policies}
+        cost = {p: (t.best.gpu_hours if t.best else None) for p, t in tuned.items()}
+        baseline_costs = [c for p, c in cost.items() if p in BASELINE_NAMES and c is not None]
+        best_baseline = min(baseline_costs) if baseline_costs else None
+        oracle = cost.get("oracle")
+        rows = []
+        details = []
+        for policy in policies:
+            t = tuned[policy]
+            shown = t.best or t.closest
+            rows.append(
+                {
+                    "policy": policy,
+                    "gpu_hours_at_slo": None if cost[policy] is None else round(cost[policy], 4),
+                    "slo_attainment": round(shown.slo_attainment, 5),
+                    "ratio_to_best_baseline": _ratio(cost[policy], best_baseline),
+                    "ratio_to_oracle": _ratio(cost[policy], oracle),
+                }
+            )
+            details.append(
+                {
+                    "trace": trace.name,
+                    "policy": policy,
+                    "met_slo": t.best is not None,
+                    "runs": len(t.runs),
+                    **shown.to_dict(),
+                }
+            )
+        entries.append(
+            {
+                "trace": trace.name,
+                "peak_to_mean": round(found[(trace.name, policies[0])][0], 3),
+                "policies": rows,
+            }
+        )
+        all_details += details
+    profile = get_profile(profile_name)
+    return {
+        "traces": entries,
+        "details": all_details,  # the chosen run of each policy: every measure, for the table
+        "settings": {
+            "profile": profile_name,
+            "slo": f">= {SLO_ATTAINMENT:.0%} of requests with TTFT <= "
+            f"{config.ttft_target_s or profile.ttft_target_s:g} s + their own prefill",
+            "mean_replicas": MEAN_REPLICAS,
+            "max_replicas": MAX_REPLICAS,
+            "scrape_interval_s": config.metrics.scrape_interval_s,
+            "rate_windows_s": [config.metrics.short_window_s, config.metrics.long_window_s],
+            "gpu_price_per_hour": profile.gpu_price_per_hour,
+        },
+    }
