@@ -137,17 +137,25 @@ class Engine:
                     self._finish(sequence, "error", outputs, error=f"engine error: {error}")
             return
 
-        sampled: list[tuple[Sequence, torch.Tensor]] = []
+        # (sequence, its logits, its greedy token): argmax for all rows in one op and one transfer.
+        sampled: list[tuple[Sequence, torch.Tensor, int]] = []
+        prefill_greedy = prefill_logits.argmax(-1).tolist() if prefill_logits is not None else []
         for index, (sequence, chunk) in enumerate(zip(plan.prefill, plan.chunks, strict=True)):
             self.metrics.prompt_tokens.inc(len(chunk))
             if self.scheduler.prefill_done(sequence, len(chunk)):
-                sampled.append((sequence, prefill_logits[index]))
-        sampled.extend(zip(plan.decode, decode_logits if decode_logits is not None else [], strict=True))
+                sampled.append((sequence, prefill_logits[index], prefill_greedy[index]))
+        if decode_logits is not None:
+            decode_greedy = decode_logits.argmax(-1).tolist()
+            sampled.extend(zip(plan.decode, decode_logits, decode_greedy, strict=True))
         now = time.monotonic()
         finished: list[tuple[Sequence, str]] = []
-        for sequence, logits in sampled:
+        for sequence, logits, greedy_token in sampled:
+            params = sequence.params
             try:
-                token = sample_row(logits, sequence.params, sequence.output_ids, sequence.generator)
+                if params.greedy and not params.penalised:
+                    token = greedy_token
+                else:
+                    token = sample_row(logits, params, sequence.output_ids, sequence.generator)
             except Exception as error:  # a bad row fails alone, never its neighbours
                 log.exception("sampling failed for %s", sequence.request_id)
                 finished.append((sequence, "error"))
