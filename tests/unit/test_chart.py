@@ -559,3 +559,50 @@ def test_promtool_unit_tests_the_rules(chart, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
 
+
+
+def test_kube_state_metrics_config_exports_what_the_alerts_read(chart):
+    """The alerts' metric comes from the chart's kube-state-metrics config, from fields the CRD has."""
+    objects = render(chart, SCENARIOS["monitoring"])
+    (config_map,) = [o for o in by_kind(objects, "ConfigMap") if o["metadata"]["name"].endswith("kube-state-metrics")]
+    config = yaml.safe_load(config_map["data"]["tokenscale.yaml"])
+    assert config["kind"] == "CustomResourceStateMetrics"
+    (resource,) = config["spec"]["resources"]
+    assert resource["groupVersionKind"] == {"group": "tokenscale.io", "version": "v1alpha1", "kind": "InferenceService"}
+    exported = {f"{resource['metricNamePrefix']}_{m['name']}": m["each"]["gauge"] for m in resource["metrics"]}
+    alerts = [r for g in rule_groups(chart)["groups"] for r in g["rules"] if "alert" in r]
+    for alert in alerts:
+        assert alert["expr"].split("{")[0] in exported
+    crd_status = yaml.safe_load((REPO / "crds" / "tokenscale.io_inferenceservices.yaml").read_text())[
+        "spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+    condition = exported["tokenscale_inferenceservice_status_condition"]
+    assert condition["path"] == ["status", "conditions"]
+    fields = crd_status["conditions"]["items"]["properties"]
+    assert {"type", "reason", "status"} <= set(fields) and fields["status"]["enum"] == ["True", "False", "Unknown"]
+    for gauge in exported.values():
+        if gauge["path"] != ["status", "conditions"]:
+            assert gauge["path"][0] == "status" and gauge["path"][1] in crd_status
+    # The condition types the alerts name are the ones the API documents.
+    documented = crd_status["conditions"]["items"]["properties"]["type"]["description"]
+    for alert in alerts:
+        assert alert["expr"].split('type="')[1].split('"')[0] in documented
+
+
+def test_the_image_runs_the_operator_as_the_chart_expects(chart):
+    """operator/Dockerfile and the chart agree: numeric non-root user, `tokenscale run`, only what it copies."""
+    dockerfile = (REPO / "operator" / "Dockerfile").read_text()
+    final_stage = dockerfile.split("\nFROM ")[-1]
+    user = [line.split()[1] for line in final_stage.splitlines() if line.startswith("USER ")]
+    assert user == ["65532:65532"]
+    assert 'ENTRYPOINT ["tokenscale"]' in final_stage and 'CMD ["run"]' in final_stage
+    pod = one(render(chart, {}), "Deployment")["spec"]["template"]["spec"]
+    assert (pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsGroup"]) == (65532, 65532)
+    assert pod["containers"][0]["args"] == ["run"]
+    # No extras: the operator image never pulls the batching server's torch.
+    assert "pip wheel --no-cache-dir --wheel-dir /wheels ." in dockerfile and ".[" not in dockerfile
+    for line in dockerfile.splitlines():
+        if line.startswith("COPY ") and "--from" not in line:
+            for source in line.split()[1:-1]:
+                assert (REPO / source).exists(), source
+                # The build context sends only what the Dockerfile copies.
+                assert f"!{source.rstrip('/')}" in (REPO / "operator" / "Dockerfile.dockerignore").read_text()
