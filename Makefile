@@ -52,7 +52,7 @@ crds: $(STAMP)
 	cp crds/tokenscale.io_inferenceservices.yaml charts/tokenscale/files/crds/
 	$(BIN)/tokenscale crd --reference > docs/configuration.md
 
-manifests: $(STAMP)
+manifests: crds
 	$(BIN)/tokenscale render-install > manifests/install.yaml
 
 bench: setup
