@@ -271,3 +271,15 @@ def test_roles_hold_no_wildcard_and_nothing_undocumented(values):
                     extra = set(rule["verbs"]) - DOCUMENTED.get((group, resource), set())
                     assert not extra, f"{group or 'core'}/{resource}: {sorted(extra)} not in the documented list"
             assert "secrets" not in rule["resources"]
+
+
+def test_the_documented_list_is_the_table_in_docs_install():
+    text = (Path(__file__).resolve().parents[2] / "docs" / "install.md").read_text()
+    table = text.split("| API group | resource | verbs | why |")[1].split("\n\n")[0]
+    documented: dict[tuple[str, str], set[str]] = {}
+    for row in table.strip().splitlines()[1:]:
+        group, resources, verbs = (cell.strip() for cell in row.strip("|").split("|")[:3])
+        group = "" if group == "core" else group.strip("`")
+        for resource in resources.split("`")[1::2]:
+            documented[(group, resource)] = {verb.strip() for verb in verbs.split(",")}
+    assert documented == DOCUMENTED
