@@ -366,6 +366,11 @@ def test_network_policy_allows_only_dns_api_server_and_prometheus(chart):
     assert [p["port"] for p in api["ports"]] == [443, 6443] and api["to"] == [{"ipBlock": {"cidr": "10.0.0.1/32"}}]
     assert prometheus["ports"] == [{"port": 9090, "protocol": "TCP"}]
     assert prometheus["to"][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "monitoring"}
+    # The port follows prometheus.url unless set.
+    for url, port in (("https://prometheus.example", 443), ("http://thanos-query.monitoring:10902", 10902)):
+        values = {"networkPolicy": {"enabled": True}, "prometheus": {"url": url}}
+        egress = one(render(chart, values), "NetworkPolicy")["spec"]["egress"]
+        assert egress[2]["ports"] == [{"port": port, "protocol": "TCP"}] and "to" not in egress[2]
 
 
 def test_pod_monitors_give_prometheus_the_service_label(chart):
