@@ -241,20 +241,34 @@ def read_service(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None
 
 
 def write_status(kube: Kube, owner: dict[str, Any], status: dict[str, Any]) -> bool:
-    """Merge `status` into the object's status when it changes anything (never touches spec)."""
-    current = owner.get("status") or {}
-    if not build.differences(status, current):
-        return False
-    meta = owner["metadata"]
-    try:
-        kube.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], {"status": status},
-            _content_type=MERGE_PATCH)
-    except kubernetes.client.ApiException as error:
-        if _missing(error):  # deleted meanwhile
+    """Merge `status` into the object's status when it changes anything (never touches spec).
+
+    Optimistic concurrency: the patch carries the resourceVersion it was computed against and
+    is redone on a conflict; conditions are merged by type with the live ones, so the
+    reconciler and the autoscaler never drop each other's conditions.
+    """
+    namespace, name, uid = owner["metadata"]["namespace"], owner["metadata"]["name"], owner["metadata"].get("uid")
+    for _attempt in range(5):
+        fresh = read_service(kube, namespace, name)
+        if fresh is None or (uid and fresh["metadata"].get("uid") != uid):
+            return False  # deleted (or replaced by a namesake) meanwhile
+        current = fresh.get("status") or {}
+        patch = dict(status)
+        if "conditions" in status:
+            patch["conditions"] = conditions.merge_conditions(current.get("conditions"), status["conditions"])
+        if not build.differences(patch, current):
             return False
-        raise
-    return True
+        body = {"metadata": {"resourceVersion": fresh["metadata"]["resourceVersion"]}, "status": patch}
+        try:
+            kube.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, body,
+                                                              _content_type=MERGE_PATCH)
+            return True
+        except kubernetes.client.ApiException as error:
+            if _missing(error):
+                return False
+            if error.status != 409:
+                raise
+    raise RuntimeError(f"the status of {namespace}/{name} kept changing under the operator")
 
 
 def observed_status(settings: Settings, owner: dict[str, Any], spec: InferenceServiceSpec,

@@ -296,3 +296,12 @@ def test_overlay_keeps_server_fields_and_replaces_lists():
     desired = {"ports": [{"port": 8000}], "selector": {"a": "x"}}
     assert overlay(live, desired) == {"clusterIP": "10.0.0.7", "ports": [{"port": 8000}],
                                       "selector": {"a": "x", "b": "2"}}
+
+
+def test_merge_conditions_keeps_other_writers_conditions():
+    current = conditions.set_condition(None, "Ready", True, "ReplicasReady")
+    current = conditions.set_condition(current, "MetricsAvailable", True, "SignalsFresh")
+    mine = conditions.set_condition(None, "Ready", False, "NoReplicaReady")
+    merged = conditions.merge_conditions(current, mine + conditions.set_condition(None, "Degraded", False, "AsExpected"))
+    assert [(c["type"], c["status"]) for c in merged] == [("Ready", "False"), ("MetricsAvailable", "True"),
+                                                          ("Degraded", "False")]

@@ -47,6 +47,20 @@ def set_condition(conditions: list[dict[str, Any]] | None, kind: str, status: bo
     return result
 
 
+def merge_conditions(current: list[dict[str, Any]] | None,
+                     updates: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """`current` with each condition in `updates` replacing the one of its type (others kept),
+    so writers of different conditions (reconciler, autoscaler) never drop each other's."""
+    result = [copy.deepcopy(c) for c in current or []]
+    for update in updates or []:
+        old = get_condition(result, update.get("type", ""))
+        if old is None:
+            result.append(copy.deepcopy(update))
+        else:
+            result[result.index(old)] = copy.deepcopy(update)
+    return result
+
+
 def workload_status(deployment: dict[str, Any] | None, *, generation: int | None,
                     conditions: list[dict[str, Any]] | None, endpoint: str, selector: str,
                     at: str | None = None) -> dict[str, Any]:
