@@ -1,10 +1,11 @@
 """The chart's RBAC is exactly what the operator uses.
 
-The real operator (kopf, `tokenscale run`'s code path) runs against the API emulator through a
-create / update / repair / delete cycle; the emulator records every request with its RBAC verb. Each
-recorded request must be allowed by the role the chart renders, in all-namespaces mode (ClusterRole)
-and in namespaced mode (Roles in the watched namespaces, a ClusterRole for cluster-scoped reads). The
-rendered roles hold no wildcard and no rule outside DOCUMENTED (the table in docs/install.md).
+The real operator (kopf, `tokenscale run`'s code path) runs against the API emulator through every
+path of the reconciler and the autoscaler (create, repair each child, shrink, recreate, scale, delete);
+the emulator records every request with its RBAC verb. Each recorded request must be allowed by the
+role the chart renders: all-namespaces mode (ClusterRole), namespaced mode (Roles in the watched
+namespaces, a ClusterRole for cluster-scoped reads) and HA (peering). Every granted permission must
+have been used, and the roles hold no wildcard and no rule outside DOCUMENTED (docs/install.md's table).
 """
 
 from __future__ import annotations
