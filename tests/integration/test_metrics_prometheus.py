@@ -10,6 +10,9 @@ the rates the fixtures emit within 5%, with one query per signal for all service
 from __future__ import annotations
 
 import http.server
+import shutil
+import ssl
+import subprocess
 import threading
 import time
 import urllib.request
@@ -230,6 +233,36 @@ def test_auth_and_extra_headers_reach_prometheus(scraped, tmp_path):
         basic.read([ServiceRef("team-a", "llama", "vllm")])
         assert {h["Authorization"] for h in _RecordingProxy.seen} == {"Basic cmVhZGVyOnMzY3JldA=="}
         basic.close()
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")
+def test_tls_with_a_ca_bundle_or_insecure(scraped, tmp_path):
+    prometheus, _ = scraped
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    _RecordingProxy.upstream, _RecordingProxy.seen = prometheus.url, []
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RecordingProxy)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    proxy.socket = context.wrap_socket(proxy.socket, server_side=True)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    url = f"https://127.0.0.1:{proxy.server_address[1]}"
+    service = [ServiceRef("team-a", "llama", "vllm")]
+    try:
+        trusted = PrometheusSource(PrometheusConfig(url=url, ca_file=str(cert), windows=WINDOWS))
+        assert _close(trusted.read(service)[("team-a", "llama")].tokens_per_second, 800.0)
+        insecure = PrometheusSource(PrometheusConfig(url=url, insecure=True, windows=WINDOWS))
+        assert _close(insecure.read(service)[("team-a", "llama")].tokens_per_second, 800.0)
+        untrusted = PrometheusSource(PrometheusConfig(url=url, timeout_seconds=3))
+        with pytest.raises(MetricsUnavailable, match="SSLError"):
+            untrusted.read(service)
+        for source in (trusted, insecure, untrusted):
+            source.close()
     finally:
         proxy.shutdown()
         proxy.server_close()

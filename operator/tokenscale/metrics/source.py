@@ -16,12 +16,14 @@ from __future__ import annotations
 import math
 import threading
 import time
+import warnings
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
+import urllib3
 from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
 from urllib3.util.retry import Retry
 
@@ -78,6 +80,8 @@ class PrometheusSource:
 
     def __init__(self, config: PrometheusConfig):
         self.config = config
+        if config.insecure:  # asked for explicitly: do not warn on every query
+            warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
         session = requests.Session()
         session.verify = config.ca_file if config.ca_file and not config.insecure else not config.insecure
         # One quick retry on a refused connection or a 502/503; an outage must surface within a tick.
