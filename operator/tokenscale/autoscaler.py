@@ -12,6 +12,8 @@ Manual mode (autoscaling off) is applied by the reconcile handlers; here it only
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import datetime
 import logging
 import math
@@ -19,6 +21,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -176,10 +179,20 @@ class Autoscaler:
         if source is None and config is not None:
             source = PrometheusSource(config)
         self.snapshots = SignalSnapshots(source, settings.tick_seconds, clock)
+        # Ticks run on their own threads: while one waits on a slow Prometheus (the others wait
+        # for its snapshot), kopf's default executor stays free for the reconcile handlers.
+        self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="autoscale")
 
     def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
         if self.snapshots.source is not None:
             self.snapshots.source.close()
+
+    async def tick_async(self, owner: dict[str, Any], announce: Announce | None = None) -> Decision | None:
+        """`tick` on the autoscaler's threads, keeping the caller's context (kopf posts Events from it)."""
+        context = contextvars.copy_context()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, context.run, self.tick, owner, announce)
 
     def tick(self, owner: dict[str, Any], announce: Announce | None = None) -> Decision | None:
         """Decide for one InferenceService (its body as last seen) and act. None: nothing to decide."""

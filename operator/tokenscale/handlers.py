@@ -8,7 +8,6 @@ the kubernetes client in `memo.kube` (set at startup).
 
 from __future__ import annotations
 
-import asyncio
 import copy
 from typing import Any
 
@@ -76,12 +75,15 @@ def serve(body: kopf.Body, reason: str, memo: Any, **_: Any) -> None:
         raise kopf.PermanentError(f"invalid spec: {error}") from None
     try:
         outcome = reconcile.realise(kube, settings, owner, spec)
-    except kubernetes.client.ApiException as error:
-        message = f"applying the serving workload failed: {error.status} {error.reason}"
+    except (kubernetes.client.ApiException, reconcile.ForeignObjectError) as error:
+        if isinstance(error, reconcile.ForeignObjectError):
+            reason, message = "NameConflict", str(error)
+        else:
+            reason, message = "ApplyFailed", f"applying the serving workload failed: {error.status} {error.reason}"
         reconcile.write_status(kube, owner, conditions.degraded_status(
-            (owner.get("status") or {}).get("conditions"), reason="ApplyFailed", message=message,
+            (owner.get("status") or {}).get("conditions"), reason=reason, message=message,
             generation=owner["metadata"].get("generation")))
-        kopf.warn(body, reason="ApplyFailed", message=message)
+        kopf.warn(body, reason=reason, message=message)
         raise kopf.TemporaryError(message, delay=RETRY_DELAY) from None
     reconcile.write_status(kube, owner, reconcile.observed_status(settings, owner, spec, outcome.deployment))
     _announce(body, outcome, verb={"create": "Created", "update": "Updated"}.get(reason, "Reconciled"))
@@ -129,9 +131,9 @@ def _child_changed(event: dict[str, Any], body: kopf.Body, memo: Any) -> None:
         return  # a namesake left by an older object: not ours to touch
     try:
         spec = reconcile.parse(owner)
-    except SpecError:
-        return  # already reported as Degraded by `serve`
-    outcome = reconcile.realise(kube, settings, owner, spec)
+        outcome = reconcile.realise(kube, settings, owner, spec)
+    except (SpecError, reconcile.ForeignObjectError):
+        return  # reported as Degraded by `serve`, which retries
     reconcile.write_status(kube, owner, reconcile.observed_status(settings, owner, spec, outcome.deployment))
     if any(action in ("created", "updated") for action in outcome.actions.values()):
         change = "deleted" if event.get("type") == "DELETED" else "changed"
@@ -168,7 +170,7 @@ async def autoscale(body: kopf.Body, stopped: kopf.DaemonStopped, memo: Any, log
     scaler = _autoscaler(memo)
     while not stopped:
         try:
-            await asyncio.to_thread(scaler.tick, copy.deepcopy(dict(body)),
+            await scaler.tick_async(copy.deepcopy(dict(body)),
                                     lambda kind, reason, message: kopf.event(body, type=kind, reason=reason,
                                                                              message=message))
         except Exception as error:  # a failed tick must not end the timer: log it, try next tick
