@@ -149,6 +149,19 @@ def _adopt(child: dict[str, Any], owner: dict[str, Any]) -> dict[str, Any]:
     return child
 
 
+class ForeignObjectError(Exception):
+    """A child's name is taken by an object this InferenceService does not own."""
+
+
+def _foreign(live: dict[str, Any], owner: dict[str, Any]) -> bool:
+    """Owned by another controller, or never created by tokenscale: not ours to overwrite."""
+    meta = live.get("metadata") or {}
+    controllers = [ref for ref in meta.get("ownerReferences") or [] if ref.get("controller")]
+    if controllers:
+        return all(ref.get("uid") != owner["metadata"]["uid"] for ref in controllers)
+    return (meta.get("labels") or {}).get("app.kubernetes.io/managed-by") != build.MANAGED_BY
+
+
 def apply_child(kube: Kube, owner: dict[str, Any], desired: dict[str, Any]) -> str:
     """Create or repair one child. Returns what happened: created, updated or unchanged."""
     children = Children(kube, desired["kind"])
@@ -160,6 +173,9 @@ def apply_child(kube: Kube, owner: dict[str, Any], desired: dict[str, Any]) -> s
             if live is None:
                 children.create(namespace, desired)
                 return "created"
+            if _foreign(live, owner):
+                raise ForeignObjectError(f"{desired['kind']} {namespace}/{name} exists and is not managed by "
+                                         "this InferenceService; rename one of them or delete it")
             drift = build.differences({"metadata": {"labels": desired["metadata"]["labels"],
                                                     "ownerReferences": desired["metadata"]["ownerReferences"]},
                                        "spec": desired["spec"]}, live)
@@ -177,7 +193,9 @@ def apply_child(kube: Kube, owner: dict[str, Any], desired: dict[str, Any]) -> s
             log.info("repaired %s %s/%s: %s", desired["kind"], namespace, name, ", ".join(drift[:5]))
             return "updated"
         except kubernetes.client.ApiException as error:
-            if error.status not in (409, 404):
+            # 409: someone wrote first; 404 on a replace: deleted meanwhile. Read again. A 404 on
+            # create means the API itself is missing (e.g. no PodMonitor CRD): the caller decides.
+            if error.status not in (409, 404) or (error.status == 404 and live is None):
                 raise
     raise RuntimeError(f"{desired['kind']} {namespace}/{name} kept changing under the operator")
 

@@ -161,3 +161,49 @@ def test_invalid_spec_degrades_without_a_retry_loop_and_others_are_served(cluste
     wait_for(lambda: _deployment(cluster, "team-f", "broken"), message="the fixed service's Deployment")
     wait_for(lambda: cluster.condition("team-f", "broken", "Degraded")["status"] == "False",
              message="Degraded cleared")
+
+
+def test_a_deployment_of_the_same_name_that_is_not_ours_is_left_alone(cluster):
+    foreign = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "taken"}, "spec": {
+        "selector": {"matchLabels": {"app": "mine"}},
+        "template": {"metadata": {"labels": {"app": "mine"}}, "spec": {"containers": [{"name": "c", "image": "mine:1"}]}}}}
+    cluster.apps.create_namespaced_deployment("team-h", foreign)
+    cluster.create_service("team-h", "taken", SPEC)
+    degraded = wait_for(lambda: (c := cluster.condition("team-h", "taken", "Degraded")) and c["status"] == "True"
+                        and c, message="Degraded")
+    assert degraded["reason"] == "NameConflict" and "not managed by" in degraded["message"]
+    wait_for(lambda: [e for e in cluster.events_for("team-h", "taken") if e.reason == "NameConflict"],
+             message="a NameConflict warning")
+    untouched = _deployment(cluster, "team-h", "taken")
+    assert untouched.spec.template.spec.containers[0].image == "mine:1" and not untouched.metadata.owner_references
+
+
+def test_children_follow_the_spec_pdb_and_pod_monitor_come_and_go(cluster):
+    cluster.create_service("team-i", "flex", {**SPEC, "replicas": 3, "monitoring": {"podMonitor": True}})
+    pdb = wait_for(lambda: cluster.policy.read_namespaced_pod_disruption_budget("flex", "team-i"), message="PDB")
+    assert pdb.spec.selector.match_labels["tokenscale.io/service"] == "flex"
+    monitors = wait_for(lambda: cluster.emulator.live_objects("monitoring.coreos.com", "v1", "podmonitors", "team-i"),
+                        message="the PodMonitor")
+    endpoint = monitors[0]["spec"]["podMetricsEndpoints"][0]
+    assert {r["targetLabel"] for r in endpoint["relabelings"]} >= {"tokenscale_io_service", "namespace"}
+    cluster.patch_service("team-i", "flex", {"spec": {"replicas": 1, "monitoring": {"podMonitor": False}}})
+    wait_for(lambda: not cluster.emulator.live_objects("policy", "v1", "poddisruptionbudgets", "team-i"),
+             message="the PDB removed at one replica")
+    wait_for(lambda: not cluster.emulator.live_objects("monitoring.coreos.com", "v1", "podmonitors", "team-i"),
+             message="the PodMonitor removed")
+    assert _deployment(cluster, "team-i", "flex").spec.replicas == 1
+
+
+def test_without_the_prometheus_operator_the_service_is_served_and_a_warning_says_why(cluster):
+    key = "monitoring.coreos.com/v1/podmonitors"
+    info = cluster.emulator.resources[key]
+    del cluster.emulator.resources[key]  # as in a cluster without the Prometheus Operator's CRDs
+    try:
+        cluster.create_service("team-j", "plain", {**SPEC, "monitoring": {"podMonitor": True}})
+        wait_for(lambda: _deployment(cluster, "team-j", "plain"), message="the Deployment")
+        warning = wait_for(lambda: [e for e in cluster.events_for("team-j", "plain")
+                                    if e.reason == "MonitoringUnavailable"], message="the warning")
+        assert warning[0].type == "Warning" and "monitoring.coreos.com/v1" in warning[0].message
+        assert cluster.condition("team-j", "plain", "Degraded")["status"] == "False"
+    finally:
+        cluster.emulator.resources[key] = info

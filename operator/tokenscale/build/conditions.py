@@ -15,7 +15,7 @@ READY = "Ready"
 PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
 # Degraded reasons a successful reconcile clears.
-RECOVERABLE = ("RolloutStuck", "AsExpected", "InvalidSpec", "ApplyFailed")
+RECOVERABLE = ("RolloutStuck", "AsExpected", "InvalidSpec", "ApplyFailed", "NameConflict")
 
 
 def now() -> str:
