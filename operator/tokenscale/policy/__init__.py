@@ -1,6 +1,7 @@
 """tokenscale.policy: the scaling decision, pure and replayable (see docs/policy.md)."""
 
-from .decide import decide, replicas_for
+from .decide import decide
+from .demand import replicas_for
 from .history import history_from_status, history_to_status
 from .types import Decision, History, Recommendation, ReplicaState, Signals
 

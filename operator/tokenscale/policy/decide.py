@@ -2,8 +2,9 @@
 
 The rules run in a fixed order (docs/policy.md lists them with their formulas): replicas at zero,
 bounds, a first replica still loading, metrics missing or stale, the demand rules (tokens, queue,
-kvCache, ttft; the highest wins), tolerance, cold start, panic, the stabilisation windows, the rate
-limits, unschedulable pods. Each step that changes the answer names itself in `limited_by`.
+kvCache, ttft; the highest wins; demand.py), tolerance, scale to zero, cold start, panic, then the
+stabilisation windows and rate limits (limits.py). Each step that sets the answer names itself in
+`limited_by`.
 """
 
 from __future__ import annotations
@@ -13,50 +14,16 @@ import math
 
 from tokenscale.api.models import AutoscalingSpec, MetricsUnavailableAction
 
+from . import demand as rules
+from .demand import number, replicas_for, tokens_per_second
 from .history import record, trim
+from .limits import Outcome, scale_down, scale_up
 from .types import Decision, History, ReplicaState, Signals
 
-KV_CACHE_TARGET = 0.9  # mean KV-cache use above this asks for more replicas
-TTFT_MAX_FACTOR = 2.0  # the TTFT rule at most doubles the ready replicas in one decision
-DEFAULT_OUTPUT_TOKENS_PER_REQUEST = 256.0  # backlog estimate when nothing better is known
 IDLE_TOKENS_PER_SECOND = 1e-6  # below this the service generates nothing
-_EPSILON = 1e-9  # float slack so that 3000/1500 is 2 replicas, not 3
 
 # limited_by values that mean "the controller wanted to go further" (condition ScalingLimited)
 _LIMITING = {"maxReplicas", "scaleUpRate", "scaleDownRate", "unschedulable"}
-
-
-def replicas_for(value: float, per_replica: float) -> int:
-    """The fewest replicas that hold `value` at `per_replica` each."""
-    return max(0, math.ceil(value / per_replica - _EPSILON))
-
-
-def _number(value: float | None) -> float | None:
-    """A usable signal value: None for missing, NaN or infinite; negatives read as zero."""
-    if value is None or not math.isfinite(value):
-        return None
-    return max(0.0, float(value))
-
-
-def _tps(value: float) -> str:
-    return f"{value:,.0f} tok/s"
-
-
-class _Result:
-    """The decision under construction: each step may change `desired` and name itself."""
-
-    def __init__(self, current: int, recommendations: dict[str, int]):
-        self.current = current
-        self.desired = current
-        self.recommendations = recommendations
-        self.limited_by = ""
-        self.reason = ""
-
-    def set(self, desired: int, limited_by: str, reason: str) -> None:
-        self.desired = desired
-        self.limited_by = limited_by
-        self.reason = reason
-
 
 def decide(
     signals: Signals,
@@ -83,7 +50,7 @@ def decide(
 
 
 def _finish(
-    result: _Result,
+    result: Outcome,
     spec: AutoscalingSpec,
     replicas: ReplicaState,
     history: History,
@@ -136,9 +103,9 @@ def _at_zero(
 ) -> Decision:
     """No pod exports metrics at zero: only the activation signal (demand outside) can wake it."""
     history = trim(history, now, spec)
-    activation = _number(signals.activation)
+    activation = number(signals.activation)
     recommendations = {} if activation is None else {"activation": 1 if activation > 0 else 0}
-    result = _Result(0, recommendations)
+    result = Outcome(0, recommendations)
     floor = spec.min_replicas
     available = True
     if floor > 0:
@@ -162,7 +129,7 @@ def _out_of_bounds(
     """The bounds win over everything, missing metrics included: they are the user's explicit limits."""
     history = trim(history, now, spec)
     current = replicas.current
-    result = _Result(current, {})
+    result = Outcome(current, {})
     if current > spec.max_replicas:
         result.set(spec.max_replicas, "maxReplicas",
                    f"Scaling {current} -> {spec.max_replicas}: maxReplicas is {spec.max_replicas}.")
@@ -180,7 +147,7 @@ def _first_replica_loading(
     """Replicas exist but none is ready: no pod reports yet (normal), the pending ones are the capacity."""
     history = trim(history, now, spec)
     current = replicas.current
-    result = _Result(current, {})
+    result = Outcome(current, {})
     if replicas.unschedulable >= current:
         result.set(current, "unschedulable", f"Holding at {current}: no replica can be scheduled yet.")
     else:
@@ -207,7 +174,7 @@ def _metrics_unavailable(
     """Never read missing data as zero: hold, or go up to the fallback; never down."""
     history = trim(history, now, spec)
     current = replicas.current
-    result = _Result(current, {})
+    result = Outcome(current, {})
     why = "; ".join(problems)
     fallback = spec.fallback_replicas
     if spec.on_metrics_unavailable == MetricsUnavailableAction.ScaleTo and fallback is not None:
@@ -231,31 +198,7 @@ def _panic_carry(history: History, now: float) -> float | None:
     return None
 
 
-# --- the demand rules -------------------------------------------------------------------------
-
-
-def _output_tokens_per_request(signals: Signals, spec: AutoscalingSpec, tps: float) -> tuple[float, str]:
-    """Tokens one queued request will generate: measured, else from the running batch, else a constant."""
-    measured = _number(signals.mean_output_tokens)
-    if measured is not None and measured > 0:
-        return measured, "measured"
-    running = _number(signals.running_requests)
-    if running is not None and running >= 1 and tps > 0:
-        # A queued request, once admitted, generates at the running batch's per-request rate: its
-        # tokens over the drain time are that rate times the drain time.
-        return tps / running * spec.backlog_drain_seconds, "per-request rate of the running batch"
-    return DEFAULT_OUTPUT_TOKENS_PER_REQUEST, "default estimate"
-
-
-def _queue_growth(history: History, queue: float, now: float, spec: AutoscalingSpec) -> float:
-    """Requests/s by which the queue grew since the last decision (0 without a recent sample)."""
-    last, then = history.last_queue_depth, history.last_queue_time
-    if last is None or then is None:
-        return 0.0
-    elapsed = now - then
-    if elapsed <= 0 or elapsed > spec.metrics_stale_after_seconds:
-        return 0.0
-    return (queue - last) / elapsed
+# --- deciding from the signals ---------------------------------------------------------------
 
 
 def _from_signals(
@@ -269,56 +212,30 @@ def _from_signals(
     pending = replicas.pending
     serving_soon = ready + pending  # capacity now plus capacity on its way
 
-    tps = _number(signals.tokens_per_second) or 0.0
-    queue = _number(signals.queue_depth) or 0.0
-    per_request, _ = _output_tokens_per_request(signals, spec, tps)
-    # Arrivals = what is generated + what piles up: the queue's growth since the last decision
-    # shows demand the generated rate (saturated, or lagging its rate window) cannot.
-    growth = _queue_growth(history, queue, now, spec) * per_request
-    arrival = max(0.0, tps + growth)
-    backlog_rate = queue * per_request / spec.backlog_drain_seconds
-    demand = arrival + backlog_rate
-
-    # The queue rule asks for one more replica than serve now when the queue exceeds its target
-    # per replica: a trigger, not a count (a batch of hundreds of sequences drains a queue of
-    # hundreds), the tokens rule's backlog term sizes the step.
-    over_queue_target = queue > spec.target_queue_depth_per_replica * max(serving_soon, 1)
-    recommendations: dict[str, int] = {
-        "tokens": replicas_for(demand, capacity_per_replica),
-        "queue": serving_soon + 1 if over_queue_target else min(
-            serving_soon, replicas_for(queue, spec.target_queue_depth_per_replica)),
-    }
-    reporting = signals.ready_pods_reporting if signals.ready_pods_reporting else ready
-    kv = _number(signals.kv_cache_usage)
-    if kv is not None and kv > KV_CACHE_TARGET:
-        recommendations["kvCache"] = replicas_for(reporting * kv, KV_CACHE_TARGET)
-    ttft = _number(signals.ttft_p90_seconds)
-    ttft_target = spec.target_time_to_first_token_seconds
-    if ttft is not None and ttft_target is not None and ttft > ttft_target:
-        recommendations["ttft"] = max(ready + 1, math.ceil(ready * min(ttft / ttft_target, TTFT_MAX_FACTOR)))
-
-    result = _Result(current, recommendations)
+    demand = rules.measure(signals, spec, history, now)
+    recommendations = rules.recommendations(demand, signals, spec, ready, serving_soon)
+    result = Outcome(current, recommendations)
 
     # Tolerance and small-count hysteresis on the tokens rule: up only above the band; down only to
     # a count that holds the demand at the band's lower edge, so the new count does not sit at the
     # upper edge and flap back (at 2 -> 1 the load must fit one replica at (1 - tolerance)).
     upper = current * capacity_per_replica * (1 + tolerance)
     lower = current * capacity_per_replica * (1 - tolerance)
-    if demand > upper:
+    if demand.total > upper:
         tokens_effective = recommendations["tokens"]
-    elif demand >= lower:
+    elif demand.total >= lower:
         tokens_effective = current
     else:
-        tokens_effective = min(current, replicas_for(demand, capacity_per_replica * (1 - tolerance)))
+        tokens_effective = min(current, replicas_for(demand.total, capacity_per_replica * (1 - tolerance)))
     effective = dict(recommendations, tokens=tokens_effective)
     rule = max(effective, key=lambda name: effective[name])  # first of the highest, in rule order
     proposal = effective[rule]
     held_by_tolerance = proposal == current and recommendations["tokens"] != current and rule == "tokens"
 
     # Idleness and scale to zero.
-    running = _number(signals.running_requests) or 0.0
-    activation = _number(signals.activation) or 0.0
-    idle = tps <= IDLE_TOKENS_PER_SECOND and queue == 0 and running == 0 and activation == 0
+    running = number(signals.running_requests) or 0.0
+    activation = number(signals.activation) or 0.0
+    idle = demand.generated <= IDLE_TOKENS_PER_SECOND and demand.queue == 0 and running == 0 and activation == 0
     idle_since = (history.idle_since if history.idle_since is not None else now) if idle else None
     zero_after = spec.scale_to_zero_after_seconds
     if zero_after is None:
@@ -331,7 +248,7 @@ def _from_signals(
 
     # Cold start: pending replicas are capacity on its way; the queue that builds while they load
     # is what they are for, so it asks for no more (panic, below, still can).
-    panic_now = demand >= spec.panic_threshold * serving_soon * capacity_per_replica
+    panic_now = demand.total >= spec.panic_threshold * serving_soon * capacity_per_replica
     cold_capped = False
     if pending > 0 and proposal > current and not panic_now:
         proposal = current
@@ -340,16 +257,9 @@ def _from_signals(
     panic_until = now + spec.scale_down.stabilization_seconds if panic_now else _panic_carry(history, now)
     in_panic = panic_now or panic_until is not None
 
-    parts = [f"{_tps(tps)} generated"]
-    if abs(growth) >= 0.5:
-        parts.append(f"{growth:+,.0f} tok/s of queue growth")
-    if queue > 0:
-        parts.append(f"{queue:g} queued requests drained in {spec.backlog_drain_seconds:g} s")
-    backlog_note = f" ({', '.join(parts)})" if len(parts) > 1 else ""
-
     def because(target: int) -> str:
-        text = (f"demand {_tps(demand)}{backlog_note} needs {recommendations['tokens']} replica(s) at "
-                f"{_tps(capacity_per_replica)} each")
+        text = (f"{demand.explain()} needs {recommendations['tokens']} replica(s) at "
+                f"{tokens_per_second(capacity_per_replica)} each")
         return text if rule == "tokens" and target == recommendations["tokens"] else f"{text}; {rule} asks for {target}"
 
     if in_panic:
@@ -366,19 +276,19 @@ def _from_signals(
             result.set(current, "panic", f"Holding at {current}: panic mode (demand reached "
                        f"{spec.panic_threshold:g}x ready capacity) allows no scale-down until it ends.")
         return _finish(result, spec, replicas, history, now, proposal,
-                       panic_until=panic_until, idle_since=idle_since, panic=True, queue_depth=queue)
+                       panic_until=panic_until, idle_since=idle_since, panic=True, queue_depth=demand.queue)
 
     decision_history = record(history, now, proposal, spec)
     if proposal > current:
-        _scale_up(result, spec, replicas, decision_history, now, proposal, wanted, rule, because)
+        scale_up(result, spec, replicas.unschedulable, decision_history, now, proposal, wanted, rule, because)
     elif proposal < current:
         partial = signals.ready_pods_reporting is not None and signals.ready_pods_reporting < ready
-        _scale_down(result, spec, decision_history, now, proposal, to_zero, partial, rule, because)
+        scale_down(result, spec, decision_history, now, proposal, to_zero, partial, rule, because)
     elif cold_capped:
         result.set(current, "coldStart", f"Holding at {current}: {pending} replica(s) still loading count "
                    f"as capacity on its way ({because(wanted)}).")
     elif held_by_tolerance:
-        utilisation = demand / (current * capacity_per_replica)
+        utilisation = demand.total / (current * capacity_per_replica)
         result.set(current, "tolerance", f"Holding at {current}: utilisation {utilisation:.0%} is within "
                    f"the tolerance band (±{tolerance:.0%}, scale-down only to a count that holds the load "
                    f"at {1 - tolerance:.0%}).")
@@ -388,78 +298,5 @@ def _from_signals(
         result.set(current, "minReplicas", f"Holding at {current}: minReplicas; {because(wanted)}.")
     else:
         result.set(current, rule, f"Holding at {current}: {because(proposal)}.")
-    return _finish(result, spec, replicas, history, now, proposal, idle_since=idle_since, queue_depth=queue)
-
-
-def _window(history: History, now: float, seconds: float) -> tuple[list[int], bool]:
-    """Recommendations in effect during [now - seconds, now], and whether history covers it all.
-
-    Each recommendation holds from its time until the next one, so the newest one at or before the
-    window's start (kept by `trim`) is in effect at the start.
-    """
-    start = now - seconds
-    values = []
-    covered = False
-    for item in history.recommendations:
-        if item.time <= start:
-            values = [item.replicas]
-            covered = True
-        else:
-            values.append(item.replicas)
-    return values, covered
-
-
-def _scale_up(result, spec, replicas, history, now, proposal, wanted, rule, because) -> None:
-    current = result.current
-    rules = spec.scale_up
-    values, _ = _window(history, now, rules.stabilization_seconds)
-    target = max(current, min([proposal, *values]))
-    limit, note = ("maxReplicas", "maxReplicas") if wanted > spec.max_replicas else ("", "")
-    if target < proposal:
-        limit, note = "scaleUpStabilization", f"the lowest recommendation of the last {rules.stabilization_seconds} s"
-    step = max(math.ceil(current * rules.max_step_percent / 100), rules.max_step_pods)
-    if target > current + step:
-        target = current + step
-        limit, note = "scaleUpRate", f"scale-up is limited to {step} pod(s) a step"
-    if replicas.unschedulable > 0:
-        result.set(current, "unschedulable", f"Holding at {current}: {replicas.unschedulable} pod(s) cannot "
-                   f"be scheduled, so more would not help ({because(wanted)}).")
-        return
-    if target == current:
-        result.set(current, limit or "scaleUpStabilization", f"Holding at {current}: {note}; {because(wanted)}.")
-        return
-    result.set(target, limit or rule, f"Scaling {current} -> {target}: {because(wanted)}"
-               + (f"; {note}." if note else "."))
-
-
-def _scale_down(result, spec, history, now, proposal, to_zero, partial, rule, because) -> None:
-    current = result.current
-    rules = spec.scale_down
-    limit, note = "", ""
-    if to_zero:
-        target = proposal
-        limit, note = "scaleToZero", "idle for the scale-to-zero window"
-    else:
-        values, covered = _window(history, now, rules.stabilization_seconds)
-        if not covered:
-            result.set(current, "scaleDownStabilization", f"Holding at {current}: no scale-down before "
-                       f"{rules.stabilization_seconds} s of recommendations have been seen ({because(proposal)}).")
-            return
-        target = min(current, max([proposal, *values]))
-        if target > proposal:
-            limit, note = "scaleDownStabilization", (f"the highest recommendation of the last "
-                                                     f"{rules.stabilization_seconds} s is {target}")
-    if target < current and partial:
-        result.set(current, "hold:partialMetrics", f"Holding at {current}: not every ready replica reports "
-                   "metrics, so the load may be under-counted.")
-        return
-    step = max(math.floor(current * rules.max_step_percent / 100), rules.max_step_pods)
-    if target < current - step:
-        target = current - step
-        limit, note = "scaleDownRate", f"scale-down is limited to {step} pod(s) a step"
-    if target == current:
-        result.set(current, limit, f"Holding at {current}: {note}; {because(proposal)}.")
-        return
-    result.set(target, limit or rule, f"Scaling {current} -> {target}: {because(proposal)}"
-               + (f"; {note}." if note else "."))
+    return _finish(result, spec, replicas, history, now, proposal, idle_since=idle_since, queue_depth=demand.queue)
 
