@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.server
 import shutil
+import socket
 import ssl
 import subprocess
 import threading
@@ -266,3 +267,19 @@ def test_tls_with_a_ca_bundle_or_insecure(scraped, tmp_path):
     finally:
         proxy.shutdown()
         proxy.server_close()
+
+
+def test_a_hanging_prometheus_times_out_within_the_configured_timeout():
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)  # accepts connections, never answers
+    try:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        source = PrometheusSource(PrometheusConfig(url=url, timeout_seconds=1.0))
+        started = time.monotonic()
+        with pytest.raises(MetricsUnavailable, match="Timeout"):
+            source.read(_services())
+        assert time.monotonic() - started < 4  # queries run concurrently: one timeout, not 38
+        source.close()
+    finally:
+        listener.close()

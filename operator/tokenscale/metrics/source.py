@@ -14,6 +14,7 @@ MetricsAvailable=False and holds); a service with no series gets None signals, n
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
 import warnings
@@ -169,9 +170,7 @@ class PrometheusSource:
         except PrometheusApiClientException as error:
             raise MetricsUnavailable(f"Prometheus at {self.config.url} answered an error: {error}") from error
         except requests.RequestException as error:
-            raise MetricsUnavailable(
-                f"Prometheus at {self.config.url} unreachable: {type(error).__name__}: {_short(error)}"
-            ) from error
+            raise MetricsUnavailable(f"Prometheus at {self.config.url} unreachable: {_cause(error)}") from error
         except ValueError as error:  # a body that is not the API's JSON
             raise MetricsUnavailable(f"Prometheus at {self.config.url} sent an unreadable answer") from error
 
@@ -195,6 +194,10 @@ class PrometheusSource:
         return sum(float(row["value"][1]) for row in rows if isinstance(row, dict) and "value" in row)
 
 
-def _short(error: Exception) -> str:
-    text = str(error)
-    return text if len(text) <= 300 else text[:300] + "..."
+def _cause(error: Exception) -> str:
+    """The root cause in one short line (urllib3 nests it in a retry error; the URL repeats the query)."""
+    inner = error.args[0] if error.args else None
+    cause = getattr(inner, "reason", None) or inner if isinstance(inner, Exception) else error
+    text = re.sub(r"url: /api/v1/query\S*", "url: /api/v1/query", str(cause))
+    text = re.sub(r"<urllib3\.connection\.\w+ object at 0x[0-9a-f]+>: ", "", text)
+    return f"{type(cause).__name__}: {text if len(text) <= 240 else text[:240] + '...'}"
