@@ -149,6 +149,11 @@ def _adopt(child: dict[str, Any], owner: dict[str, Any]) -> dict[str, Any]:
     return child
 
 
+# Paths the API server dropped or rewrote right after our own replace, per child and desired
+# state: drift there cannot be repaired, and trying on every watch event would be a hot loop.
+_UNKEPT: dict[tuple[str, str, str, str], set[str]] = {}
+
+
 class ForeignObjectError(Exception):
     """A child's name is taken by an object this InferenceService does not own."""
 
@@ -176,9 +181,11 @@ def apply_child(kube: Kube, owner: dict[str, Any], desired: dict[str, Any]) -> s
             if _foreign(live, owner):
                 raise ForeignObjectError(f"{desired['kind']} {namespace}/{name} exists and is not managed by "
                                          "this InferenceService; rename one of them or delete it")
-            drift = build.differences({"metadata": {"labels": desired["metadata"]["labels"],
-                                                    "ownerReferences": desired["metadata"]["ownerReferences"]},
-                                       "spec": desired["spec"]}, live)
+            wanted = {"metadata": {"labels": desired["metadata"]["labels"],
+                                   "ownerReferences": desired["metadata"]["ownerReferences"]},
+                      "spec": desired["spec"]}
+            memory = (desired["kind"], namespace, name, json.dumps(wanted, sort_keys=True))
+            drift = [path for path in build.differences(wanted, live) if path not in _UNKEPT.get(memory, ())]
             if not drift:
                 return "unchanged"
             # Replace the whole spec: a merge patch could not remove a container or env var
@@ -189,8 +196,13 @@ def apply_child(kube: Kube, owner: dict[str, Any], desired: dict[str, Any]) -> s
             meta["labels"] = {**(meta.get("labels") or {}), **desired["metadata"]["labels"]}
             meta["ownerReferences"] = desired["metadata"]["ownerReferences"]
             body["metadata"], body["spec"] = meta, build.drift.overlay(live.get("spec") or {}, desired["spec"])
-            children.replace(namespace, name, body)
+            stored = children.replace(namespace, name, body)
             log.info("repaired %s %s/%s: %s", desired["kind"], namespace, name, ", ".join(drift[:5]))
+            unkept = build.differences(wanted, stored)
+            if unkept:  # e.g. a field this API server version does not know: stop fighting over it
+                log.warning("the API server does not keep %s of %s %s/%s; ignoring it from now on",
+                            ", ".join(unkept[:5]), desired["kind"], namespace, name)
+                _UNKEPT[memory] = set(unkept)
             return "updated"
         except kubernetes.client.ApiException as error:
             # 409: someone wrote first; 404 on a replace: deleted meanwhile. Read again. A 404 on
