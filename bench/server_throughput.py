@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 @dataclass
 class Job:
     index: int
-    arrival: float  # seconds after the start
+    arrival: float  # seconds after the start (closed loop: set when its client sends it)
     prompt_ids: list[int]
     output_len: int
     first_token: float | None = None
@@ -65,14 +65,45 @@ def fresh(jobs: list[Job]) -> list[Job]:
     return [Job(j.index, j.arrival, j.prompt_ids, j.output_len) for j in jobs]
 
 
-def run_engine(loaded, jobs: list[Job], max_batch: int, max_len: int) -> Result:
+class ClosedLoop:
+    """`concurrency` clients, each sending its next job when its previous one is done."""
+
+    def __init__(self, jobs: list[Job], concurrency: int):
+        self.queues = [jobs[c::concurrency] for c in range(concurrency)]
+        self.client_of = {j.index: c for c, queue in enumerate(self.queues) for j in queue}
+        for queue in self.queues:
+            if queue:
+                queue[0].arrival = 0.0
+
+    def first_jobs(self) -> list[Job]:
+        return [queue[0] for queue in self.queues if queue]
+
+    def next_after(self, job: Job) -> Job | None:
+        queue = self.queues[self.client_of[job.index]]
+        position = queue.index(job)
+        if position + 1 < len(queue):
+            following = queue[position + 1]
+            following.arrival = job.finished
+            return following
+        return None
+
+
+def run_engine(loaded, jobs: list[Job], max_batch: int, max_len: int, concurrency: int = 0) -> Result:
     from tokenscale_server.engine import Engine, EngineConfig
     from tokenscale_server.metrics import ServerMetrics
     from tokenscale_server.sampling import SamplingParams
 
     by_id: dict[str, Job] = {}
     done = threading.Event()
+    loop = ClosedLoop(jobs, concurrency) if concurrency else None
     start = 0.0
+    engine: Engine | None = None
+
+    def submit(job: Job) -> None:
+        request_id = f"job-{job.index}"
+        by_id[request_id] = job
+        engine.submit(job.prompt_ids, SamplingParams(max_tokens=job.output_len, temperature=0.0,
+                                                     ignore_eos=True), request_id)
 
     def on_outputs(outputs):
         now = time.perf_counter() - start
@@ -83,6 +114,10 @@ def run_engine(loaded, jobs: list[Job], max_batch: int, max_len: int) -> Result:
             job.tokens = output.completion_tokens
             if output.finish_reason:
                 job.finished = now
+                following = loop.next_after(job) if loop else None
+                if following is not None:
+                    following.arrival = now
+                    submit(following)
         if all(j.finished is not None for j in jobs):
             done.set()
 
@@ -91,14 +126,15 @@ def run_engine(loaded, jobs: list[Job], max_batch: int, max_len: int) -> Result:
     engine = Engine(loaded, config, ServerMetrics("bench"), on_outputs)
     engine.start()
     start = time.perf_counter()
-    for job in jobs:
-        delay = job.arrival - (time.perf_counter() - start)
-        if delay > 0:
-            time.sleep(delay)
-        request_id = f"job-{job.index}"
-        by_id[request_id] = job
-        engine.submit(job.prompt_ids, SamplingParams(max_tokens=job.output_len, temperature=0.0,
-                                                     ignore_eos=True), request_id)
+    if loop:
+        for job in loop.first_jobs():
+            submit(job)
+    else:
+        for job in jobs:
+            delay = job.arrival - (time.perf_counter() - start)
+            if delay > 0:
+                time.sleep(delay)
+            submit(job)
     done.wait()
     engine.stop()
     return Result("continuous batching (tokenscale engine)", jobs, max(j.finished for j in jobs))
@@ -127,19 +163,21 @@ class _StepClock:
         pass
 
 
-def run_static(loaded, jobs: list[Job], max_batch: int) -> Result:
+def run_static(loaded, jobs: list[Job], max_batch: int, concurrency: int = 0) -> Result:
     import torch
 
     model, tokenizer = loaded.model, loaded.tokenizer
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    pending = list(jobs)
+    loop = ClosedLoop(jobs, concurrency) if concurrency else None
+    pending = loop.first_jobs() if loop else list(jobs)
     start = time.perf_counter()
     while pending:
         now = time.perf_counter() - start
-        if pending[0].arrival > now:
-            time.sleep(pending[0].arrival - now)
+        earliest = min(j.arrival for j in pending)
+        if earliest > now:
+            time.sleep(earliest - now)
             continue
-        batch = [j for j in pending if j.arrival <= now][:max_batch]
+        batch = sorted((j for j in pending if j.arrival <= now), key=lambda j: j.arrival)[:max_batch]
         pending = [j for j in pending if j not in batch]
         width = max(len(j.prompt_ids) for j in batch)
         ids = torch.full((len(batch), width), pad, dtype=torch.long)
@@ -152,12 +190,41 @@ def run_static(loaded, jobs: list[Job], max_batch: int) -> Result:
             model.generate(ids.to(loaded.device), attention_mask=mask.to(loaded.device), do_sample=False,
                            max_new_tokens=longest, min_new_tokens=longest, pad_token_id=pad,
                            streamer=_StepClock(batch, start))
+        if loop:  # each client sends its next request as soon as its answer is complete
+            pending += [n for n in (loop.next_after(j) for j in batch) if n is not None]
     return Result("static batching (HF generate)", jobs, max(j.finished for j in jobs))
+
+
+def random_model(preset: str, tokenizer_dir: str, device, dtype):
+    """A random-init model of a realistic size (no download): for GPU runs of the same benchmark."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from tokenscale_server.model_runner import LoadedModel
+
+    shape = PRESETS[preset]
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **shape)
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = LlamaForCausalLM(config).to(dtype).eval()
+    return LoadedModel(model, tokenizer, shape["max_position_embeddings"], device, dtype)
+
+
+# TinyLlama-1.1B's shape with the tiny tokenizer's 1,024-token vocabulary: about 1.0 B parameters.
+PRESETS = {
+    "llama-1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
+                     num_key_value_heads=4, max_position_embeddings=2048),
+}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="model directory (default: the tiny model, built in a temp dir)")
+    parser.add_argument("--random-model", choices=sorted(PRESETS),
+                        help="a random-init model of this shape instead (GPU runs), with the tiny tokenizer")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--threads", type=int, default=1,
@@ -165,6 +232,9 @@ def main(argv=None) -> int:
                              "threads than free cores stall OpenMP and make timings meaningless)")
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--rate", type=float, default=20.0, help="mean arrivals per second (Poisson)")
+    parser.add_argument("--concurrency", type=int, default=0,
+                        help="closed loop: this many clients, each sending its next request when the last "
+                             "is answered (instead of Poisson arrivals)")
     parser.add_argument("--prompt-tokens", type=int, nargs=2, default=(8, 96), metavar=("MIN", "MAX"))
     parser.add_argument("--output-tokens", type=int, nargs=2, default=(8, 128), metavar=("MIN", "MAX"))
     parser.add_argument("--max-batch", type=int, default=32, help="both sides batch at most this many")
@@ -181,17 +251,22 @@ def main(argv=None) -> int:
     hf_logging.set_verbosity_error()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as scratch:
-        model_dir = args.model or str(build(scratch))
         device = resolve_device(args.device)
-        loaded = load_model(model_dir, device, resolve_dtype(args.dtype, device))
+        dtype = resolve_dtype(args.dtype, device)
+        if args.random_model:
+            loaded = random_model(args.random_model, str(build(scratch)), device, dtype)
+        else:
+            loaded = load_model(args.model or str(build(scratch)), device, dtype)
     jobs = make_workload(loaded.tokenizer, args.requests, args.rate, args.prompt_tokens, args.output_tokens,
                          args.seed)
     max_len = max(len(j.prompt_ids) + j.output_len for j in jobs) + 1
     run_engine(loaded, fresh(jobs[:4]), args.max_batch, max_len)  # warm-up, not measured
-    engine = run_engine(loaded, fresh(jobs), args.max_batch, max_len)
-    static = run_static(loaded, fresh(jobs), args.max_batch)
+    run_static(loaded, fresh(jobs[:4]), args.max_batch)
+    engine = run_engine(loaded, fresh(jobs), args.max_batch, max_len, args.concurrency)
+    static = run_static(loaded, fresh(jobs), args.max_batch, args.concurrency)
 
-    print(f"workload: {len(jobs)} requests, Poisson {args.rate:g}/s, prompts {args.prompt_tokens[0]}-"
+    arrivals = f"{args.concurrency} closed-loop clients" if args.concurrency else f"Poisson {args.rate:g}/s"
+    print(f"workload: {len(jobs)} requests, {arrivals}, prompts {args.prompt_tokens[0]}-"
           f"{args.prompt_tokens[1]} tokens, outputs {args.output_tokens[0]}-{args.output_tokens[1]} tokens, "
           f"max batch {args.max_batch}; {device} {loaded.dtype}, {torch.get_num_threads()} threads")
     print(f"{'':42s} {'useful tok/s':>12s} {'TTFT p50':>10s} {'TTFT p99':>10s} {'makespan':>9s}")

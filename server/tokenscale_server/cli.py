@@ -15,8 +15,8 @@ log = logging.getLogger("tokenscale_server")
 def _add_serve(sub) -> None:
     p = sub.add_parser("serve", help="serve a model over the OpenAI API")
     p.add_argument("--model", required=True, help="a local model directory or a Hugging Face hub id")
-    p.add_argument("--served-model-name", action="append", default=None,
-                   help="name(s) clients use in `model` (default: --model); repeat for aliases")
+    p.add_argument("--served-model-name", nargs="+", action="extend", default=None, metavar="NAME",
+                   help="name(s) clients use in `model`; the first is the metrics label (default: --model)")
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-batch", type=int, default=None,
