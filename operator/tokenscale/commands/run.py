@@ -193,6 +193,11 @@ def kopf_settings(settings: Settings) -> Any:
     ops.posting.reporting_instance = os.environ.get("POD_NAME", "tokenscale")
     ops.posting.event_name_prefix = "tokenscale-"
     ops.peering.priority = settings.priority
+    # Only the Deployments and Services tokenscale manages: filtered by the API server, so a big
+    # cluster's other workloads never reach the operator.
+    managed = "app.kubernetes.io/managed-by=tokenscale"
+    ops.watching.label_selectors["apps", "v1", "deployments"] = managed
+    ops.watching.label_selectors["v1", "services"] = managed
     return ops
 
 
