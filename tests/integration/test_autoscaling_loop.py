@@ -102,16 +102,26 @@ class PodPool:
 @pytest.fixture(scope="module")
 def pools(cluster):
     made = {"chat": PodPool(cluster, "chat", MAX_REPLICAS), "dry": PodPool(cluster, "dry", 2),
-            "starved": PodPool(cluster, "starved", 1)}
+            "starved": PodPool(cluster, "starved", 1), "sleepy": PodPool(cluster, "sleepy", 1)}
     yield made
     for pool in made.values():
         pool.stop()
 
 
 @pytest.fixture(scope="module")
-def prometheus(pools, tmp_path_factory):
+def gateway():
+    """Demand that waits outside the pods (a gateway's queue): what wakes a service at zero."""
+    exporter = EngineExporter("vllm").start()
+    yield exporter
+    exporter.stop()
+
+
+@pytest.fixture(scope="module")
+def prometheus(pools, gateway, tmp_path_factory):
     server = PrometheusServer(tmp_path_factory.mktemp("prometheus"), scrape_interval=1.0)
-    server.set_targets([target for pool in pools.values() for target in pool.targets()])
+    targets = [target for pool in pools.values() for target in pool.targets()]
+    targets.append(ScrapeTarget(gateway.address, {"namespace": "gateway", "tokenscale_io_service": "gateway"}))
+    server.set_targets(targets)
     with server:
         yield server
 
@@ -257,3 +267,21 @@ def test_unschedulable_pods_stop_scale_up_and_raise_scaling_limited(cluster, poo
     held = _replicas(cluster, "starved")
     time.sleep(3.0)
     assert _replicas(cluster, "starved") == held
+
+
+def test_idle_service_scales_to_zero_and_the_activation_query_wakes_it(cluster, pools, gateway):
+    sleepy = pools["sleepy"].start()
+    sleepy.set_load(0.0)
+    gateway.set_load(queue_depth=0)
+    activation = {"query": 'sum(vllm:num_requests_waiting{tokenscale_io_service="gateway"})'}
+    cluster.create_service(NAMESPACE, "sleepy", _spec(minReplicas=0, scaleToZeroAfterSeconds=2, activation=activation))
+    wait_for(lambda: _replicas(cluster, "sleepy") == 1, message="the first replica")
+    wait_for(lambda: _replicas(cluster, "sleepy") == 0, timeout=30, message="a scale to zero")
+    record = _status(cluster, "sleepy")["decisions"][-1]
+    assert (record["fromReplicas"], record["toReplicas"], record["limitedBy"]) == (1, 0, "scaleToZero")
+    time.sleep(2.0)
+    assert _replicas(cluster, "sleepy") == 0  # no pod, no metrics, and nothing waits: it stays down
+    gateway.set_load(queue_depth=3)  # requests wait at the gateway
+    wait_for(lambda: _replicas(cluster, "sleepy") == 1, timeout=15, message="a wake-up")
+    status = _status(cluster, "sleepy")
+    assert status["decisions"][-1]["limitedBy"] == "activation" and status["signals"]["activation"] == 3
