@@ -48,6 +48,9 @@ from tokenscale.api import GROUP, KIND, PLURAL, SHORT_NAMES, VERSION
 
 HISTORY_PER_OBJECT = 20  # versions kept per object (kmock keeps all; a long demo would grow)
 EVENT_HISTORY = 5000  # watch events kept for resuming watches from a resourceVersion
+# A long demo makes hundreds of thousands of requests: keep the most recent ones only.
+REQUESTS_KEPT = 2000  # kmock's parsed requests (with bodies)
+REQUEST_LOG_KEPT = 100_000  # RequestRecords (small)
 _NAMESPACES_PATH = re.compile(r"/api/v1/namespaces(?:/([^/]+))?/?")
 _NAMESPACES = kmock.resource("", "v1", "namespaces")
 
@@ -272,6 +275,10 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
         return response
 
     def _record(self, request: kmock.Request, status: int) -> None:
+        if len(self._requests) > REQUESTS_KEPT:
+            del self._requests[: len(self._requests) - REQUESTS_KEPT // 2]
+        if len(self._log) > REQUEST_LOG_KEPT:
+            del self._log[: len(self._log) - REQUEST_LOG_KEPT // 2]
         resource = request.resource
         method = str(request.method.value).upper()
         verb = None
