@@ -46,11 +46,11 @@ def _step_trace(path: Path) -> float:
     return float(rows[-1].split(",")[0])
 
 
-def _demo(tmp_path: Path, *extra: str) -> list[str]:
+def _demo(tmp_path: Path, model: Path, *extra: str) -> list[str]:
     return [
         *_tokenscale(), "demo", "--no-live",
         "--workdir", str(tmp_path / "work"),
-        "--model-cache", str(tmp_path / "model"),
+        "--model-cache", str(model),
         "--tick-seconds", str(TICK),
         "--target-tokens-per-second", str(TARGET),
         "--scale-down-stabilization", str(STABILIZATION),
@@ -59,13 +59,18 @@ def _demo(tmp_path: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def test_load_step_scales_up_fast_and_back_down(tmp_path: Path) -> None:
+def _left_behind(tmp_path: Path, model: Path) -> list[int]:
+    """Processes naming the run's directory (operator, Prometheus) or its model (servers)."""
+    return processes_mentioning(str(tmp_path)) + processes_mentioning(str(model))
+
+
+def test_load_step_scales_up_fast_and_back_down(tmp_path: Path, tiny_model: Path) -> None:
     trace = tmp_path / "step.csv"
     span = _step_trace(trace)
     out = tmp_path / "summary.json"
     started = time.monotonic()
     result = subprocess.run(
-        _demo(tmp_path, "--trace", str(trace), "--trace-rps", "1000", "--duration", f"{span:.3f}",
+        _demo(tmp_path, tiny_model, "--trace", str(trace), "--trace-rps", "1000", "--duration", f"{span:.3f}",
               "--settle", "60", "--json", str(out), "--plot", str(tmp_path / "loop.png")),
         capture_output=True, text=True, timeout=200,
     )  # fmt: skip
@@ -96,15 +101,15 @@ def test_load_step_scales_up_fast_and_back_down(tmp_path: Path) -> None:
     assert summary["requests_served"] >= 0.95 * summary["requests_total"], context
     assert summary["ttft_p50_s"] is not None and (tmp_path / "loop.png").stat().st_size > 10_000
 
-    # Nothing it started is left: servers, the operator and Prometheus all name a path under tmp_path.
-    assert processes_mentioning(str(tmp_path)) == []
+    # Nothing it started is left: the servers, the operator and Prometheus.
+    assert _left_behind(tmp_path, tiny_model) == []
     assert wall < 150, f"the closed loop took {wall:.0f} s"
 
 
-def test_interrupt_stops_every_process(tmp_path: Path) -> None:
+def test_interrupt_stops_every_process(tmp_path: Path, tiny_model: Path) -> None:
     """Ctrl-C in the middle of a run: the demo exits and leaves no process behind."""
     proc = subprocess.Popen(
-        _demo(tmp_path, "--duration", "120"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        _demo(tmp_path, tiny_model, "--duration", "120"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     try:
@@ -114,8 +119,8 @@ def test_interrupt_stops_every_process(tmp_path: Path) -> None:
         while time.monotonic() < deadline and not (replicas.is_dir() and any(replicas.iterdir())):
             time.sleep(0.2)
         assert replicas.is_dir() and any(replicas.iterdir()), "no replica started"
-        time.sleep(8)
-        assert len(processes_mentioning(str(tmp_path))) >= 3  # at least the server, operator, Prometheus
+        time.sleep(4)
+        assert len(_left_behind(tmp_path, tiny_model)) >= 3  # at least a server, the operator, Prometheus
         os.kill(proc.pid, signal.SIGINT)
         proc.wait(timeout=40)
     finally:
@@ -125,4 +130,4 @@ def test_interrupt_stops_every_process(tmp_path: Path) -> None:
     output = proc.stdout.read().decode() if proc.stdout else ""
     assert proc.returncode == 130, output[-3000:]
     time.sleep(0.5)
-    assert processes_mentioning(str(tmp_path)) == [], output[-3000:]
+    assert _left_behind(tmp_path, tiny_model) == [], output[-3000:]

@@ -72,7 +72,7 @@ class DemoConfig:
     max_batch: int = 8
     scale_up_stabilization: int = 0
     scale_down_stabilization: int = 20
-    peak_load: float = 2.2  # the ramp's plateau, in replicas' worth of target capacity
+    peak_load: float = 1.8  # the ramp's plateau, in replicas' worth of target capacity
     idle_load: float = 0.3
     settle_seconds: float = 0.0  # after the load, wait up to this long for the minimum again
     max_concurrency: int = 96
