@@ -40,7 +40,7 @@ def _step_trace(path: Path) -> float:
     rows, t = [], 0.0
     for rate, until in ((0.3 * rps, IDLE_S), (2.5 * rps, IDLE_S + STEP_S)):
         while t < until:
-            rows.append(f"{t:.3f},512,{OUTPUT_TOKENS * 4}")  # the demo scales lengths to 32 and 48 tokens
+            rows.append(f"{t:.3f},512,{OUTPUT_TOKENS}")  # the demo scales prompts to 512/16 = 32 tokens
             t += 1 / rate
     path.write_text("timestamp_s,input_tokens,output_tokens\n" + "\n".join(rows) + "\n")
     return float(rows[-1].split(",")[0])

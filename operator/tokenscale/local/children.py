@@ -89,6 +89,7 @@ class Children:
         # The leader may be gone while something it spawned is still in the group.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
+        _wait_group_gone(proc.pid)
         self.forget(proc)
         return proc.returncode
 
@@ -108,7 +109,31 @@ class Children:
                 os.killpg(proc.pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=5)
+            _wait_group_gone(proc.pid)
             self.forget(proc)
+
+
+def _wait_group_gone(group: int, timeout: float = 3.0) -> None:
+    """Wait until no live process is left in the group (a SIGKILL is delivered asynchronously;
+    zombies whose parent is gone may linger unreaped where PID 1 does not reap, and count as gone)."""
+    deadline = time.monotonic() + timeout
+    while _group_members(group) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def _group_members(group: int) -> list[int]:
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        state, pgrp = fields[0], int(fields[2])
+        if pgrp == group and state not in ("Z", "X"):
+            members.append(int(entry.name))
+    return members
 
 
 def processes_mentioning(marker: str) -> list[int]:

@@ -112,8 +112,13 @@ class DemoConfig:
     def plan(self) -> list[loadgen.PlannedRequest]:
         capacity_rps = self.target_tokens_per_second / MEAN_OUTPUT_TOKENS
         if self.trace is not None:
-            mean = self.trace_mean_rps if self.trace_mean_rps is not None else capacity_rps * 1.2
-            return loadgen.from_trace(self.trace, duration=self.duration, mean_rps=mean, seed=self.seed)
+            if self.trace_mean_rps is not None:
+                return loadgen.from_trace(self.trace, self.duration, mean_rps=self.trace_mean_rps, seed=self.seed)
+            # Thin to 1.2 replicas' worth of output tokens, whatever the trace's lengths.
+            every = loadgen.from_trace(self.trace, self.duration, seed=self.seed)
+            mean_output = sum(r.output_tokens for r in every) / len(every)
+            mean_rps = 1.2 * self.target_tokens_per_second / mean_output
+            return loadgen.from_trace(self.trace, self.duration, mean_rps=mean_rps, seed=self.seed)
         return loadgen.ramp(
             self.duration,
             idle_rps=capacity_rps * self.idle_load,

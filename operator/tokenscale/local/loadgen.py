@@ -110,7 +110,7 @@ def from_trace(
     duration: float | None = None,
     mean_rps: float | None = None,
     prompt_scale: float = 1 / 16,
-    output_scale: float = 1 / 4,
+    output_scale: float = 1.0,
     prompt_range: tuple[int, int] = (4, 128),
     output_range: tuple[int, int] = (4, 64),
     seed: int = 0,
