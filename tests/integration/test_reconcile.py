@@ -86,6 +86,15 @@ def test_spec_change_updates_the_deployment(cluster):
     wait_for(lambda: [e for e in cluster.events_for("team-b", "qwen") if e.reason == "Updated"], message="event")
     assert wait_for(lambda: _settled(cluster), message="no write loop")
 
+    # Switching engines rolls the same Deployment over (its selector does not involve the engine).
+    selector = _deployment(cluster, "team-b", "qwen").spec.selector.match_labels
+    cluster.patch_service("team-b", "qwen", {"spec": {"engine": {"type": "sglang", "args": []}}})
+    switched = wait_for(lambda: (d := _deployment(cluster, "team-b", "qwen")).spec.template.spec.containers[0]
+                        .image.startswith("lmsysorg/sglang:") and d, message="the SGLang image")
+    assert switched.spec.selector.match_labels == selector
+    assert switched.spec.template.metadata.labels["app.kubernetes.io/name"] == "sglang"
+    assert "--enable-metrics" in switched.spec.template.spec.containers[0].args
+
 
 def test_deleted_deployment_is_restored(cluster):
     cluster.create_service("team-c", "mistral", SPEC)
