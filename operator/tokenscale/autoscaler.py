@@ -195,10 +195,17 @@ class Autoscaler:
         return await loop.run_in_executor(self.executor, context.run, self.tick, owner, announce)
 
     def tick(self, owner: dict[str, Any], announce: Announce | None = None) -> Decision | None:
-        """Decide for one InferenceService (its body as last seen) and act. None: nothing to decide."""
+        """Decide for one InferenceService and act. None: nothing to decide.
+
+        `owner` names the object; its current state is read again, because the policy's history
+        and the decisions live in status and a watch event may not have arrived since the last tick.
+        """
         meta = owner.get("metadata") or {}
         namespace, name = meta.get("namespace"), meta.get("name")
-        if not namespace or not name or meta.get("deletionTimestamp"):
+        if not namespace or not name:
+            return None
+        owner = reconcile.read_service(self.kube, namespace, name) or {}
+        if not owner or (owner.get("metadata") or {}).get("deletionTimestamp"):
             return None
         try:
             spec = parse_spec(owner.get("spec"))
@@ -302,7 +309,7 @@ class Autoscaler:
         elif not found:
             active = (False, "MetricsUnavailable", "holding the replica count until metrics return")
         else:
-            active = (True, "Active", f"scaling on throughput; last decision: {decision.reason}")
+            active = (True, "Active", "scaling on throughput (status.decisions explains each step)")
         if decision.scaling_limited:
             rule = "unschedulable" if unschedulable else decision.limited_by or "limited"
             limited = (True, _reason(rule), decision.scaling_limited_reason or decision.reason)
@@ -311,26 +318,33 @@ class Autoscaler:
         for key in ("costPerMillionTokens",):  # null removes a stale value; absent stays absent
             if patch[key] is None and key not in status:
                 del patch[key]
-        fresh = reconcile.read_service(self.kube, owner["metadata"]["namespace"], owner["metadata"]["name"])
-        if fresh is None:
-            return
-        items = (fresh.get("status") or {}).get("conditions")
-        for kind, (state, reason, message) in ((METRICS_AVAILABLE, metrics), (SCALING_ACTIVE, active),
-                                               (SCALING_LIMITED, limited)):
-            items = conditions.set_condition(items, kind, state, reason, message,
-                                             observed_generation=generation, at=stamp)
-        patch["conditions"] = items
-        reconcile.write_status(self.kube, fresh, patch)
+        wanted = ((METRICS_AVAILABLE, metrics), (SCALING_ACTIVE, active), (SCALING_LIMITED, limited))
+        if any(_differs(status.get("conditions"), kind, value) for kind, value in wanted):
+            # conditions is one list shared with the reconcile handler and a merge patch replaces
+            # it whole: write it only when ours change, on the freshest copy.
+            fresh = reconcile.read_service(self.kube, owner["metadata"]["namespace"], owner["metadata"]["name"])
+            if fresh is None:
+                return
+            items = (fresh.get("status") or {}).get("conditions")
+            for kind, (state, reason, message) in wanted:
+                items = conditions.set_condition(items, kind, state, reason, message,
+                                                 observed_generation=generation, at=stamp)
+            patch["conditions"] = items
+            owner = fresh
+        reconcile.write_status(self.kube, owner, patch)
 
     def _write_manual(self, owner: dict[str, Any], status: dict[str, Any]) -> None:
-        condition = conditions.get_condition(status.get("conditions"), SCALING_ACTIVE)
-        if condition and condition.get("reason") == "AutoscalingDisabled":
+        wanted = (False, "AutoscalingDisabled", "autoscaling.enabled is false: spec.replicas is applied "
+                  "(kubectl scale works)")
+        if not _differs(status.get("conditions"), SCALING_ACTIVE, wanted):
             return
-        fresh = reconcile.read_service(self.kube, owner["metadata"]["namespace"], owner["metadata"]["name"])
-        if fresh is None:
-            return
-        items = conditions.set_condition(
-            (fresh.get("status") or {}).get("conditions"), SCALING_ACTIVE, False, "AutoscalingDisabled",
-            "autoscaling.enabled is false: spec.replicas is applied (kubectl scale works)",
-            observed_generation=(fresh.get("metadata") or {}).get("generation"))
-        reconcile.write_status(self.kube, fresh, {"conditions": items})
+        items = conditions.set_condition(status.get("conditions"), SCALING_ACTIVE, *wanted,
+                                         observed_generation=(owner.get("metadata") or {}).get("generation"))
+        reconcile.write_status(self.kube, owner, {"conditions": items})
+
+
+def _differs(items: list[dict[str, Any]] | None, kind: str, wanted: tuple[bool, str, str]) -> bool:
+    condition = conditions.get_condition(items, kind) or {}
+    state, reason, message = wanted
+    return (condition.get("status"), condition.get("reason"), condition.get("message")) != (
+        "True" if state else "False", reason, message)
