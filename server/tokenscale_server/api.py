@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import hmac
 import json
 import logging
@@ -48,6 +49,9 @@ class ServerState:
     settings: ServerSettings
     metrics: ServerMetrics
     engine: Engine | None = None
+    # The HTTP side's own tokenizer: a Rust tokenizer shared with the engine thread can fail with
+    # "Already borrowed" when one thread encodes while the other decodes.
+    tokenizer: object = None
     load_error: str | None = None
     draining: bool = False
     loop: asyncio.AbstractEventLoop | None = None
@@ -89,6 +93,7 @@ def load_engine(state: ServerState) -> None:
                               max_waiting=settings.max_waiting)
         engine = Engine(loaded, config, state.metrics, state.deliver)
         engine.start()
+        state.tokenizer = copy.deepcopy(loaded.tokenizer)
         state.engine = engine
         log.info("model %s loaded on %s (%s) in %.1f s: %d slots x %d tokens", settings.model, device,
                  loaded.dtype, time.monotonic() - started, max_batch, max_model_len)
@@ -154,12 +159,12 @@ def create_app(settings: ServerSettings, load_in_background: bool = True) -> Fas
         model = _check_model(state, body.model)
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
         try:
-            text = engine.tokenizer.apply_chat_template(
+            text = state.tokenizer.apply_chat_template(
                 messages, tokenize=False, add_generation_prompt=body.add_generation_prompt)
         except Exception as error:
             raise ApiError(400, f"messages could not be rendered by the chat template: {error}",
                            param="messages") from None
-        prompt_ids = engine.tokenizer(text, add_special_tokens=False).input_ids
+        prompt_ids = state.tokenizer(text, add_special_tokens=False).input_ids
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         params = _sampling(engine, body, len(prompt_ids), max_tokens)
         return await _generate(state, request, engine, prompt_ids, params, body, model, chat=True)
@@ -169,7 +174,7 @@ def create_app(settings: ServerSettings, load_in_background: bool = True) -> Fas
         engine = _admit(state, request)
         body = parse(CompletionRequest, await request.body())
         model = _check_model(state, body.model)
-        prompt_ids = _completion_prompt(engine, body.prompt)
+        prompt_ids = _completion_prompt(state, engine, body.prompt)
         max_tokens = body.max_tokens if body.max_tokens is not None else COMPLETIONS_DEFAULT_MAX_TOKENS
         params = _sampling(engine, body, len(prompt_ids), max_tokens)
         return await _generate(state, request, engine, prompt_ids, params, body, model, chat=False)
@@ -210,11 +215,11 @@ def _check_model(state: ServerState, model: str | None) -> str:
     return model
 
 
-def _completion_prompt(engine: Engine, prompt) -> list[int]:
+def _completion_prompt(state: ServerState, engine: Engine, prompt) -> list[int]:
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
         prompt = prompt[0]
     if isinstance(prompt, str):
-        return engine.tokenizer(prompt).input_ids
+        return state.tokenizer(prompt).input_ids
     if prompt and all(isinstance(t, int) for t in prompt):
         vocab = engine.runner.vocab_size
         if any(t < 0 or t >= vocab for t in prompt):
