@@ -9,8 +9,10 @@ printable ASCII with a Metaspace pre-tokenizer: a random model then always emits
 from __future__ import annotations
 
 import json
+import os
 import random
 import string
+import tempfile
 from pathlib import Path
 
 RECIPE_VERSION = 1
@@ -118,9 +120,14 @@ def build(directory: str | Path) -> Path:
     torch.manual_seed(SEED)
     model = LlamaForCausalLM(config).eval()
     directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    parameters = sum(p.numel() for p in model.parameters())
-    # The marker goes last: a build interrupted half-way is redone, not reused.
-    (directory / MARKER_FILE).write_text(json.dumps({"recipe": RECIPE_VERSION, "parameters": parameters}))
+    # Written beside the target, then each file renamed in: a concurrent builder or reader never
+    # sees a half-written file (the build is deterministic, so racing builders agree).
+    with tempfile.TemporaryDirectory(dir=directory.parent, prefix=f".{directory.name}-") as scratch:
+        model.save_pretrained(scratch)
+        tokenizer.save_pretrained(scratch)
+        parameters = sum(p.numel() for p in model.parameters())
+        (Path(scratch) / MARKER_FILE).write_text(json.dumps({"recipe": RECIPE_VERSION, "parameters": parameters}))
+        # The marker goes last: a build interrupted half-way is redone, not reused.
+        for path in sorted(Path(scratch).iterdir(), key=lambda p: p.name == MARKER_FILE):
+            os.replace(path, directory / path.name)
     return directory
