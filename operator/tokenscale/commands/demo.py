@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="replay a request trace (timestamp_s,input_tokens,output_tokens), "
                         "time-compressed onto --duration, instead of the built-in ramp")
     parser.add_argument("--trace-rps", type=float, metavar="RPS",
-                        help="thin the trace to this mean request rate (default: 1.2 replicas' worth)")
+                        help="thin the trace to this mean request rate (default: one replica's worth on average)")
     parser.add_argument("--json", type=Path, metavar="OUT", help="write the summary as JSON")
     parser.add_argument("--plot", type=Path, default=d.plot_out, metavar="PNG",
                         help=f"where to draw load, tokens/s, queue and replicas (default {d.plot_out})")
@@ -85,6 +85,9 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         console.print("[yellow]interrupted: every process was stopped")
         return 130
+    except asyncio.CancelledError:  # SIGTERM
+        console.print("[yellow]terminated: every process was stopped")
+        return 143
     except Exception as error:  # noqa: BLE001 - reported, and every child is already stopped
         console.print(f"[red]the demo failed: {error}")
         return 1

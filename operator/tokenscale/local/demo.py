@@ -114,10 +114,11 @@ class DemoConfig:
         if self.trace is not None:
             if self.trace_mean_rps is not None:
                 return loadgen.from_trace(self.trace, self.duration, mean_rps=self.trace_mean_rps, seed=self.seed)
-            # Thin to 1.2 replicas' worth of output tokens, whatever the trace's lengths.
+            # Thin to one replica's worth on average (bursts then need more), counting a prompt
+            # token as a quarter of a generated one: prompts cost the CPU too (prefill).
             every = loadgen.from_trace(self.trace, self.duration, seed=self.seed)
-            mean_output = sum(r.output_tokens for r in every) / len(every)
-            mean_rps = 1.2 * self.target_tokens_per_second / mean_output
+            mean_cost = sum(r.output_tokens + r.prompt_tokens / 4 for r in every) / len(every)
+            mean_rps = self.target_tokens_per_second / mean_cost
             return loadgen.from_trace(self.trace, self.duration, mean_rps=mean_rps, seed=self.seed)
         return loadgen.ramp(
             self.duration,
