@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from serverkit import API_KEY, start_server
+
+from tests.server.serverkit import API_KEY, start_server
 
 
 @pytest.fixture(scope="session")

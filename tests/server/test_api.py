@@ -10,8 +10,9 @@ import time
 import httpx
 import openai
 import pytest
-from serverkit import API_KEY, SERVED_NAME, scrape, wait_for
 from transformers import AutoTokenizer
+
+from tests.server.serverkit import API_KEY, SERVED_NAME, scrape, wait_for
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,8 @@ import threading
 
 import httpx
 import openai
-from serverkit import SERVED_NAME, scrape, start_server, wait_for
+
+from tests.server.serverkit import SERVED_NAME, scrape, start_server, wait_for
 
 
 def test_sigterm_drains_in_flight_requests_then_exits_zero(tiny_model_dir, tmp_path):

@@ -9,7 +9,8 @@ import time
 
 import httpx
 import pytest
-from serverkit import API_KEY, SERVED_NAME, free_port, scrape, wait_for
+
+from tests.server.serverkit import API_KEY, SERVED_NAME, free_port, scrape, wait_for
 
 pytestmark = pytest.mark.prometheus
 
