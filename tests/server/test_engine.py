@@ -180,3 +180,28 @@ def test_metrics_count_every_token(tiny_loaded, make_engine):
     assert sample("vllm:prompt_tokens_total") == sum(len(p) for p in prompts)
     assert sample("vllm:time_to_first_token_seconds_count") == len(ids)
     assert sample("vllm:request_generation_tokens_sum") == sum(len(collected.tokens[i]) for i in ids)
+
+
+def test_a_failed_forward_fails_its_batch_and_the_engine_keeps_serving(tiny_loaded, make_engine):
+    engine, collected = make_engine(max_batch=4, max_model_len=128)
+    prompt = tiny_loaded.tokenizer("fault").input_ids
+    real_forward = engine.runner.forward
+    faulty = threading.Event()
+    faulty.set()
+
+    def forward(*args, **kwargs):
+        if faulty.is_set():
+            raise RuntimeError("injected device fault")
+        return real_forward(*args, **kwargs)
+
+    engine.runner.forward = forward
+    victims = [engine.submit(prompt, SamplingParams(max_tokens=8, temperature=0.0)) for _ in range(2)]
+    collected.wait(victims)
+    faulty.clear()
+    assert [collected.finish[v] for v in victims] == ["error", "error"]
+    assert engine.alive and engine.scheduler.num_running == 0
+    survivor = engine.submit(prompt, SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True))
+    collected.wait([survivor])
+    assert collected.finish[survivor] == "length" and len(collected.tokens[survivor]) == 8
+    assert engine.metrics.registry.get_sample_value(
+        "vllm:request_success_total", {"model_name": "tiny", "finished_reason": "error"}) == 2
