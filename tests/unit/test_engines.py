@@ -161,3 +161,10 @@ def test_metrics_endpoint_and_metric_names():
         assert (endpoint.port, endpoint.path, endpoint.port_name) == (8000, "/metrics", "http")
     assert "vllm:num_requests_waiting" in adapter_for("builtin").metric_names.queue_depth
     assert adapter_for("sglang").metric_names.family == "sglang"
+
+
+def test_builtin_image_defaults_to_this_release():
+    from tokenscale import __version__
+
+    container = adapter_for("builtin").container(spec_for("builtin", resources={"gpus": 0}))
+    assert container["image"] == f"ghcr.io/tokenscale/server:{__version__}"

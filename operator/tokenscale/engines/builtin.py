@@ -7,13 +7,14 @@ vLLM-compatible metrics on /metrics.
 
 from __future__ import annotations
 
+from tokenscale import __version__
 from tokenscale.api.models import InferenceServiceSpec
 from tokenscale.engines.base import EngineAdapter, flag
 
 
 class BuiltinAdapter(EngineAdapter):
     engine = "builtin"
-    image = "ghcr.io/tokenscale/server:latest"  # the operator passes --default-server-image instead
+    image = f"ghcr.io/tokenscale/server:{__version__}"  # `tokenscale run --default-server-image` overrides
     ready_path = "/ready"
     runs_as_non_root = True
     read_only_root = True
