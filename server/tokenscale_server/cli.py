@@ -80,6 +80,8 @@ def serve(args: argparse.Namespace) -> int:
     import torch
 
     torch.set_num_threads(args.threads or default_threads())
+    # The engine thread and the event loop share the GIL; Python's default 5 ms switch interval
+    # would let the HTTP side hold up a decoding step of a few milliseconds.
     sys.setswitchinterval(0.0005)
     import uvicorn
     from transformers.utils import logging as hf_logging

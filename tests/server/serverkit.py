@@ -28,6 +28,7 @@ class ServerProcess:
     process: subprocess.Popen
     port: int
     log_path: Path
+    seen_while_loading: list[tuple[int, int]] | None = None  # (/ready, /health) status codes
 
     @property
     def url(self) -> str:
@@ -57,14 +58,16 @@ def start_server(model_dir: Path, log_dir: Path, *extra: str, timeout: float = 6
     env = {k: v for k, v in os.environ.items() if k != "TOKENSCALE_API_KEY"}
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
-    server = ServerProcess(process, port, log_path)
+    server = ServerProcess(process, port, log_path, seen_while_loading=[])
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
         try:
-            if httpx.get(f"{server.url}/ready", timeout=1).status_code == 200:
+            ready = httpx.get(f"{server.url}/ready", timeout=1).status_code
+            if ready == 200:
                 return server
+            server.seen_while_loading.append((ready, httpx.get(f"{server.url}/health", timeout=1).status_code))
         except httpx.TransportError:
             pass
         time.sleep(0.1)

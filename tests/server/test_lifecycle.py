@@ -15,6 +15,8 @@ from tests.server.serverkit import SERVED_NAME, scrape, start_server, wait_for
 
 def test_sigterm_drains_in_flight_requests_then_exits_zero(tiny_model_dir, tmp_path):
     server = start_server(tiny_model_dir, tmp_path, "--max-batch", "4", "--max-model-len", "512")
+    # It listened while the model loaded: alive (/health 200) but not ready (/ready 503).
+    assert (503, 200) in server.seen_while_loading
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0, timeout=60)
     results: dict[int, tuple[str, int, str]] = {}
 
