@@ -205,3 +205,35 @@ def test_a_failed_forward_fails_its_batch_and_the_engine_keeps_serving(tiny_load
     assert collected.finish[survivor] == "length" and len(collected.tokens[survivor]) == 8
     assert engine.metrics.registry.get_sample_value(
         "vllm:request_success_total", {"model_name": "tiny", "finished_reason": "error"}) == 2
+
+
+@pytest.mark.parametrize("family", ["qwen2", "mistral", "qwen3"])
+def test_other_families_match_hf_generate(family, tiny_model_dir, tmp_path):
+    """Small random Qwen2, Mistral and Qwen3 models, saved and loaded through the server's path."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from tokenscale_server.model_runner import load_model
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    config = AutoConfig.for_model(
+        family, vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, head_dim=16,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    loaded = load_model(str(tmp_path), torch.device("cpu"), torch.float32)
+    assert loaded.model.config.model_type == family
+    collected = Collector()
+    engine = Engine(loaded, EngineConfig(max_batch=3, max_model_len=128, token_budget=16), ServerMetrics(family),
+                    collected)
+    engine.start()
+    try:
+        rng = random.Random(1)
+        cases = [(random_prompt(tokenizer, rng, rng.randint(2, 20)), rng.randint(3, 12)) for _ in range(4)]
+        ids = [engine.submit(p, SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True)) for p, n in cases]
+        collected.wait(ids)
+        for request_id, (prompt, length) in zip(ids, cases, strict=True):
+            assert collected.tokens[request_id] == hf_greedy(loaded, prompt, length)
+    finally:
+        engine.stop()
