@@ -23,7 +23,7 @@ def test_every_request_is_served_or_dropped_under_a_scaling_policy():
     workload = wl.bursty(5, 60, 900, on_s=60, off_s=240, seed=3)
     spec = AutoscalingSpec(max_replicas=6)  # too few for the bursts: some requests must wait or drop
     profile = H100_LLAMA_8B.with_overrides(max_waiting=64, startup_s=40, startup_spread_s=10, drain_timeout_s=20)
-    sim = Simulation(workload, profile, SimConfig(tail_limit_s=120))
+    sim = Simulation(workload, profile, SimConfig(tail_limit_s=120, warmup_s=0))
     result = sim.run(make_autoscaler("hpa", 800.0, spec))
     log = sim.cluster.log
     served = ~np.isnan(log.finished_at)
@@ -44,6 +44,7 @@ def test_the_same_seed_gives_the_same_result_and_another_seed_differs():
         workload = wl.flash_crowd(4, 30, 600, seed=seed)
         return simulate(workload, H100_LLAMA_8B, make_autoscaler("kpa", 40, AutoscalingSpec()), SimConfig(seed=seed))
 
+
     first, second, other = once(5), once(5), once(6)
     assert first.to_dict(timeline=True) == second.to_dict(timeline=True)
     assert first.to_dict() != other.to_dict()
@@ -55,7 +56,7 @@ def test_below_capacity_served_throughput_equals_the_load_and_the_queue_stays_bo
     capacity = replicas * profile.capacity_requests_per_s(500, 200)
     rate = 0.6 * capacity
     workload = _steady(rate, 900)
-    sim = Simulation(workload, profile)
+    sim = Simulation(workload, profile, SimConfig(warmup_s=0))
     result = sim.run(StaticReplicas(replicas))
     assert result.dropped == 0
     # steady state, away from the ends: served generated tokens/s = offered tokens/s
@@ -77,7 +78,7 @@ def test_above_capacity_the_queue_grows_at_load_minus_capacity():
     capacity = replicas * profile.capacity_requests_per_s(500, 200)
     rate = 1.5 * capacity
     workload = _steady(rate, 600)
-    sim = Simulation(workload, profile, SimConfig(tail_limit_s=0))
+    sim = Simulation(workload, profile, SimConfig(tail_limit_s=0, warmup_s=0))
     sim.run(StaticReplicas(replicas))
     samples = [s for s in sim.metrics.samples if 150 <= s.time <= 540]
     times = np.array([s.time for s in samples])
@@ -91,7 +92,7 @@ def test_above_capacity_the_queue_grows_at_load_minus_capacity():
 def test_startup_delay_and_drain_cost_gpu_time():
     workload = _steady(2.0, 600)
     profile = H100_LLAMA_8B.with_overrides(startup_s=100, startup_spread_s=0)
-    sim = Simulation(workload, profile)
+    sim = Simulation(workload, profile, SimConfig(warmup_s=0))
 
     class UpThenDown:
         name, interval_s, instant_startup, wants_concurrency, parameters = "test", 60.0, False, False, {}
@@ -115,3 +116,15 @@ def test_cpu_tiny_profile_is_known_and_saturates():
     assert profile.capacity_tokens_per_s(64, 64) > 0
     with pytest.raises(ValueError):
         get_profile("nonexistent")
+
+
+def test_the_warm_up_replays_the_start_and_is_not_measured():
+    workload = _steady(3.0, 900)
+    sim = Simulation(workload, H100_LLAMA_8B, SimConfig(warmup_s=300))
+    result = sim.run(StaticReplicas(2))
+    prefix = int((workload.arrival_s < 300).sum())
+    assert len(sim.workload) == len(workload) + prefix
+    assert result.requests == len(workload) and result.served + result.dropped == len(workload)
+    # GPU time is counted from the end of the warm-up: 2 replicas over the trace (plus its tail)
+    assert result.gpu_hours * 3600 == pytest.approx(2 * workload.duration_s, abs=10)
+    assert result.timeline["time"][0] < 0 <= result.timeline["time"][-1]

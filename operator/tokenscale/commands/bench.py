@@ -28,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy", action="append", metavar="NAME", help="only these policies (repeatable)")
     parser.add_argument("--workers", type=int, default=2, help="processes (default 2)")
     parser.add_argument("--json", metavar="FILE", help="write the report as JSON")
+    parser.add_argument("--markdown", metavar="FILE", help="also write the table as Markdown (for docs)")
     parser.add_argument("--quick", action="store_true",
                         help="10-minute generated traces, a coarse grid, no trace files: for tests")
 
@@ -49,6 +50,7 @@ def run(args) -> int:
 
     from tokenscale.sim.autoscalers import POLICY_NAMES
     from tokenscale.sim.bench import GENERATED, TraceSpec, default_traces, run_benchmark
+    from tokenscale.sim.simulator import SimConfig
 
     console = Console()
     policies = args.policy or list(POLICY_NAMES)
@@ -77,15 +79,59 @@ def run(args) -> int:
         def done(trace: str, policy: str) -> None:
             progress.update(task, advance=1, description=f"{Path(trace).stem} / {policy}")
 
+        config = SimConfig(warmup_s=120.0) if args.quick else SimConfig()
         report = run_benchmark(
-            traces, profile_name=args.profile, policies=policies, workers=args.workers, quick=args.quick, on_done=done
+            traces,
+            profile_name=args.profile,
+            policies=policies,
+            config=config,
+            workers=args.workers,
+            quick=args.quick,
+            on_done=done,
         )
     report["settings"]["wall_seconds"] = round(time.monotonic() - started, 1)
     console.print(report_table(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
         console.print(f"report written to {args.json}")
+    if args.markdown:
+        Path(args.markdown).write_text(markdown_table(report))
+        console.print(f"table written to {args.markdown}")
     return 0
+
+
+def markdown_table(report: dict) -> str:
+    """The report as a Markdown table, with each policy's chosen run's details."""
+    details = {(d["trace"], d["policy"]): d for d in report.get("details", [])}
+    lines = [
+        "| trace | 1-min peak/mean | policy | GPU-h at SLO | within SLO | vs best baseline | vs oracle "
+        "| tuned target | TTFT p99 | scale events |",
+        "|---|---:|---|---:|---:|---:|---:|---|---:|---:|",
+    ]
+
+    def fmt(value, pattern):
+        return "–" if value is None else pattern.format(value)
+
+    for trace in report["traces"]:
+        name = Path(trace["trace"]).stem
+        for index, row in enumerate(trace["policies"]):
+            detail = details.get((trace["trace"], row["policy"]), {})
+            target = ", ".join(
+                f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                for k, v in detail.get("parameters", {}).items()
+                if k in ("target_per_pod", "target_concurrency", "replicas", "utilisation",
+                         "target_tokens_per_second_per_replica")
+            )
+            if not detail.get("met_slo", True):
+                target += " (closest)"
+            policy = f"**{row['policy']}**" if row["policy"] == "tokenscale" else row["policy"]
+            lines.append(
+                f"| {name if index == 0 else ''} | {trace['peak_to_mean'] if index == 0 else ''} | {policy} "
+                f"| {fmt(row['gpu_hours_at_slo'], '{:.2f}')} | {row['slo_attainment']:.2%} "
+                f"| {fmt(row['ratio_to_best_baseline'], '{:.2f}x')} | {fmt(row['ratio_to_oracle'], '{:.2f}x')} "
+                f"| {target} | {fmt(detail.get('ttft_p99_s'), '{:.2f} s')} | {detail.get('scale_events', '')} |"
+            )
+    return "\n".join(lines) + "\n"
 
 
 def report_table(report: dict):

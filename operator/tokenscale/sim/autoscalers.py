@@ -79,7 +79,7 @@ POLICY_NAMES = ("hpa", "keda", "kpa", "static", "oracle", "tokenscale")
 BASELINE_NAMES = ("hpa", "keda", "kpa", "static")
 
 
-def make_autoscaler(name: str, target: float, spec: AutoscalingSpec):
+def make_autoscaler(name: str, target: float, spec: AutoscalingSpec, **options):
     """One autoscaler with its main target set to `target`; bounds from the spec.
 
     hpa: generated tokens/s per pod; keda: queued requests per pod; kpa: concurrency per pod;
@@ -94,7 +94,7 @@ def make_autoscaler(name: str, target: float, spec: AutoscalingSpec):
     elif name == "static":
         scaler = StaticReplicas(int(math.ceil(target)))
     elif name == "oracle":
-        scaler = Oracle(target, min_replicas=low, max_replicas=high)
+        scaler = Oracle(target, min_replicas=low, max_replicas=high, **options)
     elif name == "tokenscale":
         scaler = TokenscalePolicy(spec.model_copy(update={"target_tokens_per_second_per_replica": target}))
     else:

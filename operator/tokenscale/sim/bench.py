@@ -30,6 +30,7 @@ SLO_ATTAINMENT = 0.99
 MEAN_REPLICAS = 4.0  # every trace is scaled to need this many replicas on average (at saturation)
 MAX_REPLICAS = 256
 COST_CAP_OVER_PEAK = 2.0
+ORACLE_SMOOTHING_S = (4.0, 30.0)
 REQUEST_TRACES = ("azure2023_code_1h.csv", "azure2023_conv_1h.csv", "mooncake_fast25_conversation_1h.csv")
 GENERATED = ("poisson", "bursty", "diurnal", "flash-crowd")
 
@@ -54,27 +55,31 @@ def generated_lengths() -> wl.Lengths:
 
 @lru_cache(maxsize=8)
 def build_workload(spec: TraceSpec, profile_name: str) -> wl.Workload:
+    """The trace, scaled to `mean_replicas` replicas of work: a file's requests are replayed
+    several times over (`Workload.amplified`, its shape kept); a generator is re-run at the rate
+    that gives that much work (so its noise is that of the rate, not of a copied pilot)."""
     profile = get_profile(profile_name)
     if spec.is_file:
         jitter = 3.0 if "mooncake" in Path(spec.name).name else 0.0  # 3-s timestamp steps
         raw = wl.load_csv(spec.name, jitter_s=jitter, seed=spec.seed, max_duration_s=spec.duration_s)
-    else:
-        raw = _generate(spec.name, spec.duration_s, spec.seed)
-    work = float(request_work_per_second(raw, profile).mean())
-    return raw.amplified(spec.mean_replicas / work, seed=spec.seed)
+        work = float(request_work_per_second(raw, profile).mean())
+        return raw.amplified(spec.mean_replicas / work, seed=spec.seed)
+    pilot = _generate(spec.name, spec.duration_s, spec.seed, 1.0)
+    work = float(request_work_per_second(pilot, profile).mean())
+    return _generate(spec.name, spec.duration_s, spec.seed, spec.mean_replicas / work)
 
 
-def _generate(name: str, duration_s: float, seed: int) -> wl.Workload:
-    """Generators at a nominal 1 request/s mean; `build_workload` scales them."""
+def _generate(name: str, duration_s: float, seed: int, scale: float) -> wl.Workload:
+    """The generators at `scale` times a nominal 1 request/s mean."""
     lengths = generated_lengths()
     if name == "poisson":
-        return wl.poisson(1.0, duration_s, lengths, seed=seed)
+        return wl.poisson(scale, duration_s, lengths, seed=seed)
     if name == "bursty":  # 5x for 2 minutes out of each 10
-        return wl.bursty(0.55, 2.78, duration_s, on_s=120, off_s=480, lengths=lengths, seed=seed)
+        return wl.bursty(0.55 * scale, 2.78 * scale, duration_s, on_s=120, off_s=480, lengths=lengths, seed=seed)
     if name == "diurnal":  # a whole day compressed into the hour
-        return wl.diurnal(1.6, duration_s, day_s=duration_s, lengths=lengths, seed=seed)
+        return wl.diurnal(1.6 * scale, duration_s, day_s=duration_s, lengths=lengths, seed=seed)
     if name == "flash-crowd":  # 6x within 30 s, held 5 minutes, decaying over 5
-        return wl.flash_crowd(0.6, 3.6, duration_s, lengths=lengths, seed=seed)
+        return wl.flash_crowd(0.6 * scale, 3.6 * scale, duration_s, lengths=lengths, seed=seed)
     raise ValueError(f"unknown generator {name!r}; known: {', '.join(GENERATED)}")
 
 
@@ -123,6 +128,24 @@ def tune(
 
     if policy == "static":
         return _tune_static(run, runs, workload, profile, config, spec, slo)
+    if policy == "oracle":  # the lower bound: the best of a short and a long planning average
+        tuned = [
+            _search(policy, workload, profile, spec, config, slo, quick, {"smooth_s": smooth})
+            for smooth in ORACLE_SMOOTHING_S
+        ]
+        return _pick(policy, [r for t in tuned for r in t.runs], slo)
+    return _search(policy, workload, profile, spec, config, slo, quick, {})
+
+
+def _search(policy, workload, profile, spec, config, slo, quick, options) -> Tuned:
+    runs: list[SimResult] = []
+
+    def run(target: float) -> SimResult:
+        autoscaler = make_autoscaler(policy, target, spec, **options)
+        result = Simulation(workload, profile, config).run(autoscaler)
+        runs.append(result)
+        return result
+
     probe = Simulation(workload, profile, config)
     start, factor, _ = _search_space(policy, probe, spec, quick)
     steps = 6 if quick else 10
@@ -130,15 +153,25 @@ def tune(
     cost_cap = COST_CAP_OVER_PEAK * peak_provisioning_gpu_hours(probe)
     failing, passing = None, None
     target = start
-    for _ in range(steps):
-        result = run(target)
-        if result.slo_attainment >= slo:
+    if run(target).slo_attainment >= slo:  # the start passes: loosen until it fails
+        passing = target
+        for _ in range(steps - 1):
+            target /= factor
+            if run(target).slo_attainment < slo:
+                failing = target
+                break
             passing = target
-            break
-        if result.gpu_hours > cost_cap:  # already dearer than provisioning the peak, still failing
-            break
+    else:  # tighten until it passes, giving up beyond the cost of holding the peak
         failing = target
-        target *= factor
+        for _ in range(steps - 1):
+            target *= factor
+            result = run(target)
+            if result.slo_attainment >= slo:
+                passing = target
+                break
+            failing = target
+            if result.gpu_hours > cost_cap:
+                break
     if passing is not None and failing is not None:
         for _ in range(refine):  # bisect geometrically between the last failure and the first pass
             middle = math.sqrt(failing * passing)
@@ -269,14 +302,10 @@ def _report(traces, policies, found, profile_name, config) -> dict:
                     "ratio_to_oracle": _ratio(cost[policy], oracle),
                 }
             )
+            run = shown.to_dict()
+            run["workload"] = run.pop("trace")  # the scaled workload's name
             details.append(
-                {
-                    "trace": trace.name,
-                    "policy": policy,
-                    "met_slo": t.best is not None,
-                    "runs": len(t.runs),
-                    **shown.to_dict(),
-                }
+                {"trace": trace.name, "policy": policy, "met_slo": t.best is not None, "runs": len(t.runs), **run}
             )
         entries.append(
             {

@@ -67,24 +67,26 @@ def summarise(sim: Simulation, autoscaler: Autoscaler, gpu_seconds: float, end_s
     cluster, profile, workload = sim.cluster, sim.profile, sim.workload
     log = cluster.log
     target = sim.config.ttft_target_s if sim.config.ttft_target_s is not None else profile.ttft_target_s
-    arrival = workload.arrival_s
-    ttft = log.first_token_at - arrival
-    served = log.dropped < 0
+    measured = sim.measured  # requests of the trace proper, not of the warm-up replay
+    arrival = workload.arrival_s[measured]
+    ttft = log.first_token_at[measured] - arrival
+    dropped_reason = log.dropped[measured]
+    served = dropped_reason < 0
     # the SLO allows each request its own prefill on an idle replica: long prompts are not misses
-    allowance = target + workload.input_tokens / profile.prefill_tokens_per_s
+    allowance = target + workload.input_tokens[measured] / profile.prefill_tokens_per_s
     within = served & (ttft <= allowance)
-    wait = (log.admitted_at - arrival)[served]
+    wait = (log.admitted_at[measured] - arrival)[served]
     ttft_served = ttft[served]
-    reasons = np.bincount(log.dropped[~served], minlength=len(DROP_REASON_NAMES))
+    reasons = np.bincount(dropped_reason[~served], minlength=len(DROP_REASON_NAMES))
     gpu_hours = gpu_seconds / 3600.0
-    tokens = float(workload.output_tokens[served].sum())
+    tokens = float(workload.output_tokens[measured][served].sum())
     price = profile.gpu_price_per_hour
     return SimResult(
         policy=autoscaler.name,
         parameters=dict(getattr(autoscaler, "parameters", {})),
         trace=workload.name,
         profile=profile.name,
-        requests=len(workload),
+        requests=int(measured.sum()),
         served=int(served.sum()),
         dropped=int((~served).sum()),
         dropped_by_reason={name: int(n) for name, n in zip(DROP_REASON_NAMES, reasons, strict=True) if n},

@@ -29,6 +29,7 @@ class SimConfig:
     tail_limit_s: float = 900.0  # after the last arrival, requests still in flight this long are dropped
     ttft_target_s: float | None = None  # SLO; None = the profile's
     warm_start_utilisation: float = 0.7  # the replicas every policy starts with: first minute's work at this
+    warmup_s: float = 300.0  # the trace's first minutes replayed before it, unmeasured (Workload.with_warmup)
     seed: int = 0
 
 
@@ -50,7 +51,11 @@ class Simulation:
     def __init__(self, workload: Workload, profile: ReplicaProfile, config: SimConfig = SimConfig()):
         if len(workload) == 0:
             raise ValueError("the workload has no requests")
-        self.workload = workload
+        self.trace = workload  # what is measured
+        self.warmup_s = config.warmup_s if config.warmup_s > 0 else 0.0
+        workload = workload.with_warmup(self.warmup_s)
+        self.workload = workload  # what is replayed: the warm-up prefix, then the trace
+        self.measured = workload.arrival_s >= self.warmup_s
         self.profile = profile
         self.config = config
         self.metrics = PrometheusView(config.metrics)
@@ -121,7 +126,8 @@ class Simulation:
             if t >= next_decision:
                 desired = max(0, int(autoscaler.decide(t, self)))
                 if desired != self.desired:
-                    self.scale_events.append((t, self.desired, desired))
+                    if t >= self.warmup_s:
+                        self.scale_events.append((t, self.desired, desired))
                     self.desired = desired
                 cluster.scale_to(desired, t, instant=autoscaler.instant_startup)
                 next_decision += autoscaler.interval_s
@@ -139,13 +145,14 @@ class Simulation:
                 if replica.state == READY or replica.state == DRAINING:
                     if replica.admitted:
                         cluster.step(replica, t, dt)
-            gpu_seconds += existing * gpus * dt
+            if t >= self.warmup_s:
+                gpu_seconds += existing * gpus * dt
             cluster.retire_drained(t_end)
             if t_end >= next_timeline + timeline_every:
                 starting, ready, draining = cluster.counts()
                 span = t_end - next_timeline
                 timeline.add(
-                    t_end,
+                    t_end - self.warmup_s,
                     demand_tokens / span,
                     (cluster.generated_tokens - last_generated) / span,
                     starting + ready + draining,
@@ -163,7 +170,7 @@ class Simulation:
         lost = np.flatnonzero(np.isnan(log.finished_at) & (log.dropped < 0))
         log.dropped[lost] = DROP_UNFINISHED  # none expected: count them, never lose one silently
         cluster.dropped += len(lost)
-        return summarise(self, autoscaler, gpu_seconds, t, timeline.arrays())
+        return summarise(self, autoscaler, gpu_seconds, t - self.warmup_s, timeline.arrays())
 
 
 def request_work_per_second(workload: Workload, profile: ReplicaProfile) -> np.ndarray:

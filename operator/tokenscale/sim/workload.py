@@ -62,6 +62,20 @@ class Workload:
         arrivals = self.arrival_s[index] + rng.uniform(0.0, jitter_s, len(index)) * (copies[index] > 1)
         return _finish(f"{self.name}-x{factor:g}", arrivals, self.input_tokens[index], self.output_tokens[index])
 
+    def with_warmup(self, warmup_s: float) -> Workload:
+        """The first `warmup_s` of the trace, then the whole trace after it: the simulator replays
+        the prefix so every policy has its metric windows and history filled when the measured
+        part begins at `warmup_s` (a live service has been running before any hour one looks at)."""
+        if warmup_s <= 0:
+            return self
+        prefix = self.slice(0.0, warmup_s)
+        return Workload(
+            self.name,
+            np.concatenate([prefix.arrival_s, self.arrival_s + warmup_s]),
+            np.concatenate([prefix.input_tokens, self.input_tokens]),
+            np.concatenate([prefix.output_tokens, self.output_tokens]),
+        )
+
     def slice(self, start_s: float, end_s: float) -> Workload:
         """Requests arriving in [start_s, end_s), re-based to start at 0."""
         lo, hi = np.searchsorted(self.arrival_s, [start_s, end_s])
