@@ -1,4 +1,4 @@
-"""Fixtures for the batching server's tests: the tiny model is built once per session, and real
+"""Fixtures for the batching server's tests: the tiny model is built once for the package, and real
 `tokenscale-server serve` processes are started on free loopback ports."""
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ import pytest
 from tests.server.serverkit import API_KEY, start_server
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def tiny_model_dir(tmp_path_factory) -> Path:
     from tokenscale_server.tiny_model import build
 
     return build(tmp_path_factory.mktemp("tiny-model"))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def tiny_loaded(tiny_model_dir):
     """The tiny model loaded in-process through the server's own loading path."""
     import torch
@@ -28,7 +28,7 @@ def tiny_loaded(tiny_model_dir):
     return load_model(str(tiny_model_dir), torch.device("cpu"), torch.float32)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def shared_server(tiny_model_dir, tmp_path_factory):
     """One server for the API tests: 4 slots, a waiting queue of 4, an API key."""
     server = start_server(tiny_model_dir, tmp_path_factory.mktemp("logs"), "--max-batch", "4",
