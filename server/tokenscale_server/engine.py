@@ -87,10 +87,6 @@ class Engine:
             self._aborts.add(request_id)
         self._wake.set()
 
-    def in_flight(self) -> int:
-        with self._lock:
-            return len(self._by_id)
-
     # --- the engine thread -----------------------------------------------------------------------
 
     def _loop(self) -> None:
