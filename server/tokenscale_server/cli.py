@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 import threading
@@ -31,7 +32,7 @@ def _add_serve(sub) -> None:
                    help="auto: bfloat16 on CUDA, float32 on CPU")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch intra-op threads (default: the CPUs this process may use)")
+                   help="torch intra-op threads (default: the CPUs this process may use, within its cgroup quota)")
     p.add_argument("--api-key", default=None,
                    help="require `Authorization: Bearer KEY` (default: $TOKENSCALE_API_KEY, else open)")
     p.add_argument("--drain-timeout", type=float, default=30.0,
@@ -60,10 +61,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def default_threads() -> int:
+    """The CPUs this process may use: its affinity, capped by a cgroup v2 CPU quota (a pod's CPU
+    limit). More OpenMP threads than that stall each other badly on a busy machine."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:
-        return max(1, os.cpu_count() or 1)
+        cpus = os.cpu_count() or 1
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as cpu_max:
+            quota, period = cpu_max.read().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
 
 
 def looks_local(model: str) -> bool:
