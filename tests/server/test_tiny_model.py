@@ -30,3 +30,11 @@ def test_tokenizer_round_trips_ascii_and_has_a_chat_template(tiny_loaded):
     printable = set(string.printable)
     for token_id in range(len(tokenizer)):
         assert set(tokenizer.decode([token_id], skip_special_tokens=True)) <= printable
+
+
+def test_the_cli_command_reuses_a_built_directory(tiny_model_dir, capsys):
+    from tokenscale_server.cli import main
+
+    assert main(["tiny-model", str(tiny_model_dir)]) == 0
+    assert str(tiny_model_dir) in capsys.readouterr().out
+    assert is_built(tiny_model_dir)
