@@ -23,9 +23,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.prometheus, pytest.mark.timeout(240)
 
 TICK = 2.0
 SCRAPE = 1.0
+KUBELET_POLL = 0.25  # the resolution of the measured reaction (when the kubelet saw the change)
 TARGET = 350.0  # tokens/s per replica (the demo's calibration)
 STABILIZATION = 10
-IDLE_S, STEP_S = 8.0, 24.0
+IDLE_S, STEP_S = 8.0, 20.0
+STEP = 4.0  # replicas' worth of load: a queue builds at once, on a busy or an idle machine
 OUTPUT_TOKENS = 48
 
 
@@ -35,10 +37,10 @@ def _tokenscale() -> list[str]:
 
 
 def _step_trace(path: Path) -> float:
-    """A trace: 0.3 replicas' worth of load, then a step to 2.5 replicas' worth. Returns its span."""
+    """A trace: 0.3 replicas' worth of load, then a step to STEP replicas' worth. Returns its span."""
     rps = TARGET / OUTPUT_TOKENS
     rows, t = [], 0.0
-    for rate, until in ((0.3 * rps, IDLE_S), (2.5 * rps, IDLE_S + STEP_S)):
+    for rate, until in ((0.3 * rps, IDLE_S), (STEP * rps, IDLE_S + STEP_S)):
         while t < until:
             rows.append(f"{t:.3f},512,{OUTPUT_TOKENS}")  # the demo scales prompts to 512/16 = 32 tokens
             t += 1 / rate
@@ -52,6 +54,7 @@ def _demo(tmp_path: Path, model: Path, *extra: str) -> list[str]:
         "--workdir", str(tmp_path / "work"),
         "--model-cache", str(model),
         "--tick-seconds", str(TICK),
+        "--rate-window", "4s",
         "--target-tokens-per-second", str(TARGET),
         "--scale-down-stabilization", str(STABILIZATION),
         "--max-replicas", "2",
@@ -85,9 +88,10 @@ def test_load_step_scales_up_fast_and_back_down(tmp_path: Path, tiny_model: Path
     assert ups and ups[0]["from_replicas"] == 1 and summary["max_replicas"] >= 2, context
     assert ups[0]["reason"], context
     # ... and the first scale-up comes within one tick plus two scrape intervals of the load
-    # crossing capacity (measured when the kubelet saw the Deployment change: an upper bound).
-    assert summary["load_crossed_capacity_at_s"] >= IDLE_S - 0.5, context
-    assert summary["reaction_seconds"] is not None and summary["reaction_seconds"] <= TICK + 2 * SCRAPE, context
+    # crossing capacity (timed when the kubelet saw the Deployment change, so up to one poll late).
+    assert IDLE_S - 1.0 <= summary["load_crossed_capacity_at_s"] <= IDLE_S, context
+    assert summary["reaction_seconds"] is not None, context
+    assert summary["reaction_seconds"] <= TICK + 2 * SCRAPE + KUBELET_POLL, context
     assert summary["max_ready_replicas"] >= 2, context
 
     # After the load stops the replicas return to the minimum, not before the stabilisation window.

@@ -104,15 +104,19 @@ def _step_record() -> RunRecord:
 def test_capacity_crossing_and_summary() -> None:
     record = _step_record()
     crossing = capacity_crossing(record)
-    # 2 s window: 50 (the last idle request) + 50 per 1/20 s; above 800 tokens per 2 s at t = 10.75.
-    assert crossing == pytest.approx(10.75)
+    # A 2 s window centred on t holds the idle request at 9 s (50 tokens) and 50 tokens per 1/20 s
+    # after 10 s: above 800 tokens (400 tokens/s) once t + 1 passes 10.75, so at t = 9.8 (a 0.1 s grid).
+    assert crossing == pytest.approx(9.8, abs=0.11)
+    shifted = RunRecord(**{**record.__dict__, "plan": [PlannedRequest(r.at + 5, 10, 50) for r in record.plan]})
+    assert capacity_crossing(shifted) == pytest.approx(crossing + 5, abs=0.11)
     summary = summarize(record)
     assert summary["requests_total"] == 410
     assert summary["requests_served"] == 408
     assert summary["requests_rejected_429"] == 1
     assert summary["requests_failed"] == 1 and summary["failure_kinds"] == {"ClientConnectorError": 1}
-    assert summary["reaction_seconds"] == pytest.approx(12.5 - 10.75)
-    assert summary["time_to_ready_capacity_seconds"] == pytest.approx(18 - 10.75)
+    assert summary["load_crossed_capacity_at_s"] == crossing
+    assert summary["reaction_seconds"] == pytest.approx(12.5 - crossing)
+    assert summary["time_to_ready_capacity_seconds"] == pytest.approx(18 - crossing)
     assert summary["max_replicas"] == 2 and summary["min_replicas"] == 1
     # TTFTs 0.0 .. 0.9 s about 41 times each (two rows replaced): nearest rank 204 of 408 is 0.5 s.
     assert summary["ttft_p50_s"] == pytest.approx(0.5) and summary["ttft_p99_s"] == pytest.approx(0.9)

@@ -36,6 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where the tiny model is built once (default ~/.cache/tokenscale/...)")
     parser.add_argument("--tick-seconds", type=float, default=d.tick_seconds, metavar="S",
                         help=f"the operator's autoscaling tick (default {d.tick_seconds})")
+    parser.add_argument("--rate-window", default=d.rate_window, metavar="DURATION",
+                        help=f"the operator's short rate() window (default {d.rate_window})")
     parser.add_argument("--max-replicas", type=int, default=d.max_replicas, metavar="N",
                         help=f"the InferenceService's maxReplicas (default {d.max_replicas})")
     parser.add_argument("--target-tokens-per-second", type=float, default=d.target_tokens_per_second,
@@ -70,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         workdir=args.workdir,
         model_cache=args.model_cache,
         tick_seconds=args.tick_seconds,
+        rate_window=args.rate_window,
         max_replicas=args.max_replicas,
         target_tokens_per_second=args.target_tokens_per_second,
         scale_down_stabilization=args.scale_down_stabilization,

@@ -63,7 +63,7 @@ class DemoConfig:
     served_name: str = "tiny"
     tick_seconds: float = 2.0
     scrape_seconds: float = 1.0
-    rate_window: str = "10s"  # the operator's short rate() window: >= 4 scrapes, reacts within seconds
+    rate_window: str = "4s"  # the operator's short rate() window: 4 scrapes, reacts within seconds
     long_rate_window: str = "60s"
     min_replicas: int = 1
     max_replicas: int = 3
@@ -450,7 +450,7 @@ class Loop:
     def _decision_points(self, start: float) -> list[DecisionPoint]:
         """Scale events as the Deployment saw them, with the operator's reason for each.
 
-        The time is when the kubelet saw the new replica count (polled every 0.5 s): a bound on
+        The time is when the kubelet saw the new replica count (polled every 0.25 s): a bound on
         the decision's time from above, finer than the decision record's whole seconds.
         """
         points = []

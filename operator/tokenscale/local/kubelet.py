@@ -1,7 +1,7 @@
 """A local kubelet: each Deployment's replicas become `tokenscale-server` processes.
 
-It stands in for the Deployment controller, the scheduler and the kubelet of a cluster. Every
-half second it lists the Deployments of its namespace through the API server's HTTP API,
+It stands in for the Deployment controller, the scheduler and the kubelet of a cluster. Four
+times a second it lists the Deployments of its namespace through the API server's HTTP API,
 starts or stops processes until each Deployment has `spec.replicas` of them, probes `/ready`
 on each, and writes what a cluster would write back: the Deployment's status (replicas,
 readyReplicas, availableReplicas, updatedReplicas, observedGeneration). Ready replicas are
@@ -79,7 +79,7 @@ class Kubelet:
     env: dict[str, str] = field(default_factory=dict)
     publish_targets: TargetsSink | None = None
     publish_endpoints: EndpointsSink | None = None
-    poll_seconds: float = 0.5
+    poll_seconds: float = 0.25
     grace_seconds: float = 30.0
     replicas: dict[str, list[Replica]] = field(default_factory=dict)  # deployment -> live replicas
     draining: list[Replica] = field(default_factory=list)

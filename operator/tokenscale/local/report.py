@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -62,19 +63,29 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     return ordered[rank - 1]
 
 
-def capacity_crossing(record: RunRecord, window: float = 2.0) -> float | None:
-    """First time the planned token demand over `window` exceeds the ready capacity then."""
+def capacity_crossing(record: RunRecord, window: float = 2.0, step: float = 0.1) -> float | None:
+    """First time the planned output tokens/s exceed the ready replicas' target capacity then.
+
+    The planned rate at t is averaged over a window centred on t: unbiased on a ramp (a trailing
+    window would report the crossing late, and the reaction short), and on a step it puts the
+    crossing a little before the step, so the reaction is never flattered.
+    """
     arrivals = sorted(record.plan, key=lambda r: r.at)
-    start = 0
-    tokens_in_window = 0
+    if not arrivals:
+        return None
+    times = [r.at for r in arrivals]
+    cumulative = [0]
     for planned in arrivals:
-        tokens_in_window += planned.output_tokens
-        while arrivals[start].at <= planned.at - window:
-            tokens_in_window -= arrivals[start].output_tokens
-            start += 1
-        ready = _ready_at(record.samples, planned.at) or record.min_replicas
-        if tokens_in_window / window > ready * record.target_tokens_per_second_per_replica:
-            return planned.at
+        cumulative.append(cumulative[-1] + planned.output_tokens)
+    half = window / 2
+    t = 0.0
+    end = times[-1] + half
+    while t <= end:
+        tokens = cumulative[bisect.bisect_left(times, t + half)] - cumulative[bisect.bisect_left(times, t - half)]
+        ready = _ready_at(record.samples, t) or record.min_replicas
+        if tokens / window > ready * record.target_tokens_per_second_per_replica:
+            return round(t, 3)
+        t += step
     return None
 
 
