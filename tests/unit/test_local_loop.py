@@ -189,3 +189,19 @@ def test_children_die_with_a_killed_parent(tmp_path: Path) -> None:
     while processes_mentioning(marker) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert processes_mentioning(marker) == []
+
+
+def test_the_ramp_crossing_is_read_from_its_rate_function() -> None:
+    config = DemoConfig(duration=180, peak_load=1.8, idle_load=0.3, target_tokens_per_second=350)
+    assert config.planned_tokens_per_second(0) == pytest.approx(0.3 * 350)
+    assert config.planned_tokens_per_second(0.3 * 180) == pytest.approx(1.8 * 350)  # the plateau
+    record = RunRecord(
+        duration=180, tick_seconds=2, scrape_seconds=1, target_tokens_per_second_per_replica=350,
+        min_replicas=1, max_replicas_allowed=3, plan=config.plan(),
+        samples=[Sample(float(t), 0, 0, 0, 0.0, 0.0, 1, 1, 1, 0) for t in range(180)],
+        offered_rate=config.planned_tokens_per_second,
+    )
+    # One replica's worth is reached 0.467 (= (1 - 0.3) / (1.8 - 0.3)) of the way up the surge from
+    # 12% to 22% of the run: t = 180 * (0.12 + 0.0467) = 30 s.
+    assert capacity_crossing(record) == pytest.approx(30.0, abs=0.11)
+    assert DemoConfig(trace=Path("t.csv")).planned_tokens_per_second(10) is None

@@ -109,6 +109,15 @@ class DemoConfig:
             },
         }
 
+    def planned_tokens_per_second(self, t: float) -> float | None:
+        """The built-in ramp's offered output tokens/s at t (None for a trace: no rate function)."""
+        if self.trace is not None:
+            return None
+        capacity_rps = self.target_tokens_per_second / MEAN_OUTPUT_TOKENS
+        level = loadgen.RampShape().level(t / self.duration)
+        rps = capacity_rps * (self.idle_load + (self.peak_load - self.idle_load) * level)
+        return rps * MEAN_OUTPUT_TOKENS
+
     def plan(self) -> list[loadgen.PlannedRequest]:
         capacity_rps = self.target_tokens_per_second / MEAN_OUTPUT_TOKENS
         if self.trace is not None:
@@ -368,6 +377,7 @@ class Loop:
             process_seconds=self.kubelet.process_seconds(),
             router_retries=router.retries,
             replica_restarts=self.kubelet.restarts,
+            offered_rate=None if cfg.trace is not None else cfg.planned_tokens_per_second,
         )
 
     async def _sample(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,9 @@ class RunRecord:
     process_seconds: float = 0.0
     router_retries: int = 0
     replica_restarts: int = 0
+    # The schedule's offered output tokens/s as a function of time, where it has one (the built-in
+    # ramp); without it the crossing is estimated from the planned arrivals.
+    offered_rate: Callable[[float], float | None] | None = None
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -66,10 +69,18 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 def capacity_crossing(record: RunRecord, window: float = 2.0, step: float = 0.1) -> float | None:
     """First time the planned output tokens/s exceed the ready replicas' target capacity then.
 
-    The planned rate at t is averaged over a window centred on t: unbiased on a ramp (a trailing
+    A schedule with a rate function (the built-in ramp) is read exactly. Otherwise the planned rate at t is averaged over a window centred on t: unbiased on a ramp (a trailing
     window would report the crossing late, and the reaction short), and on a step it puts the
     crossing a little before the step, so the reaction is never flattered.
     """
+    if record.offered_rate is not None:
+        t = 0.0
+        while t <= record.duration:
+            ready = _ready_at(record.samples, t) or record.min_replicas
+            if (record.offered_rate(t) or 0.0) > ready * record.target_tokens_per_second_per_replica:
+                return round(t, 3)
+            t += step
+        return None
     arrivals = sorted(record.plan, key=lambda r: r.at)
     if not arrivals:
         return None
