@@ -52,15 +52,15 @@ def run(args) -> int:
     from tokenscale.sim.bench import GENERATED, TraceSpec, default_traces, run_benchmark
     from tokenscale.sim.simulator import SimConfig
 
-    console = Console()
+    console = Console() if Console().is_terminal else Console(width=110)
     policies = args.policy or list(POLICY_NAMES)
     unknown = [p for p in policies if p not in POLICY_NAMES]
     if unknown:
         console.print(f"[red]unknown policies {unknown}; known: {', '.join(POLICY_NAMES)}")
         return 2
     if args.quick:
-        traces = [TraceSpec(name, duration_s=600.0, mean_replicas=3.0) for name in GENERATED]
-        traces = [TraceSpec(str(t), duration_s=600.0, mean_replicas=3.0) for t in args.trace] + traces
+        traces = [TraceSpec(name, duration_s=480.0, mean_replicas=2.5) for name in GENERATED]
+        traces = [TraceSpec(str(t), duration_s=480.0, mean_replicas=2.5) for t in args.trace] + traces
     else:
         shared = Path(args.traces_dir) if args.traces_dir else repo_traces_dir()
         traces = default_traces(shared, args.trace)
@@ -79,7 +79,7 @@ def run(args) -> int:
         def done(trace: str, policy: str) -> None:
             progress.update(task, advance=1, description=f"{Path(trace).stem} / {policy}")
 
-        config = SimConfig(warmup_s=120.0) if args.quick else SimConfig()
+        config = SimConfig(warmup_s=60.0) if args.quick else SimConfig()
         report = run_benchmark(
             traces,
             profile_name=args.profile,

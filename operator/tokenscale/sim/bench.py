@@ -161,8 +161,10 @@ def _search(policy, workload, profile, spec, config, slo, quick, options) -> Tun
                 failing = target
                 break
             passing = target
-    else:  # tighten until it passes, giving up beyond the cost of holding the peak
+    else:  # tighten until it passes; give up once it costs more than holding the peak and more
+        # capacity no longer helps (a policy that oscillates can cost more at a looser target)
         failing = target
+        previous = runs[-1]
         for _ in range(steps - 1):
             target *= factor
             result = run(target)
@@ -170,8 +172,12 @@ def _search(policy, workload, profile, spec, config, slo, quick, options) -> Tun
                 passing = target
                 break
             failing = target
-            if result.gpu_hours > cost_cap:
+            hopeless = result.gpu_hours > 2 * cost_cap or (
+                result.gpu_hours > cost_cap and result.slo_attainment <= previous.slo_attainment + 0.005
+            )
+            if hopeless:
                 break
+            previous = result
     if passing is not None and failing is not None:
         for _ in range(refine):  # bisect geometrically between the last failure and the first pass
             middle = math.sqrt(failing * passing)

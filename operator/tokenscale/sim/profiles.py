@@ -79,23 +79,25 @@ H100_LLAMA_8B = ReplicaProfile(
     gpu_price_per_hour=2.5,
 )
 
-# tokenscale's own batching server running the tiny seeded test model on 2 CPU cores;
-# calibrated from bench/server_throughput.py and measured startup (see docs/simulator.md).
+# tokenscale's own batching server running the tiny seeded test model (`tokenscale-server tiny-model`)
+# on one CPU thread; measured through the server's engine (docs/simulator.md, "Calibration of cpu-tiny").
 CPU_TINY = ReplicaProfile(
     name="cpu-tiny",
-    description="tokenscale's batching server, tiny random Llama (~3M params), 2 CPU cores (measured)",
-    decode_base_s=0.0040,
-    decode_per_sequence_s=0.00035,
-    decode_per_kv_token_s=2.0e-7,
-    prefill_tokens_per_s=6_000.0,
-    max_batch=32,
-    kv_capacity_tokens=32 * 512,  # slots x max_model_len
-    startup_s=6.0,
+    description="tokenscale's batching server, tiny random Llama, CPU, 1 thread (measured)",
+    # closed-batch step times x 1.35: the factor that makes the simulator reproduce the server
+    # benchmark's open-loop run (2,287 useful tok/s, TTFT p50 41 ms / p99 272 ms)
+    decode_base_s=0.00286,  # 1.35 x 2.12 ms (2.25 ms a step at batch 1)
+    decode_per_sequence_s=0.000121,  # 1.35 x 0.090 ms (6.2 ms a step at batch 32, short prompts)
+    decode_per_kv_token_s=6.6e-7,  # 1.35 x 0.49 us (~10 ms at batch 32 with 256-token prompts)
+    prefill_tokens_per_s=8_900.0,  # 12,150 / 1.35 (32 prompts of 512 tokens in 1.35 s)
+    max_batch=32,  # the server's --max-batch (KV slots)
+    kv_capacity_tokens=32 * 1024,  # slots x --max-model-len
+    startup_s=5.0,  # process start to /ready: 3.5-7.7 s measured
     startup_spread_s=2.0,
-    drain_timeout_s=30.0,
-    max_waiting=256,
+    drain_timeout_s=30.0,  # the server's --drain-timeout
+    max_waiting=256,  # the server's --max-waiting (429 beyond)
     ttft_target_s=1.0,
-    gpu_price_per_hour=0.1,  # price of the CPU node share, so the $ column stays meaningful
+    gpu_price_per_hour=0.1,  # price of the CPU share, so the $ column stays meaningful
 )
 
 PROFILES: dict[str, ReplicaProfile] = {p.name: p for p in (H100_LLAMA_8B, CPU_TINY)}
