@@ -104,7 +104,7 @@ def load_engine(state: ServerState) -> None:
             state.on_fatal(state.load_error)
 
 
-def create_app(settings: ServerSettings, load_in_background: bool = True) -> FastAPI:
+def create_app(settings: ServerSettings) -> FastAPI:
     import prometheus_client
 
     prometheus_client.disable_created_metrics()
@@ -114,8 +114,6 @@ def create_app(settings: ServerSettings, load_in_background: bool = True) -> Fas
         state.loop = asyncio.get_running_loop()
         loader = threading.Thread(target=load_engine, args=(state,), name="model-loader", daemon=True)
         loader.start()
-        if not load_in_background:
-            await asyncio.to_thread(loader.join)
         yield
         if state.engine is not None:
             state.engine.stop()
@@ -126,6 +124,12 @@ def create_app(settings: ServerSettings, load_in_background: bool = True) -> Fas
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, error: ApiError):
         return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, error: Exception):
+        log.exception("unexpected error serving %s", request.url.path)
+        return JSONResponse(ApiError(500, f"internal error: {type(error).__name__}", kind="internal_error").body(),
+                            status_code=500)
 
     @app.get("/health")
     async def health():
