@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -34,13 +35,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def repo_traces_dir() -> Path | None:
-    """../shared/traces beside the repository root (or beside the working directory)."""
+    """../shared/traces beside the repository root (or beside the working directory), as a path
+    relative to the working directory when it can be (it is written into the report)."""
     candidates = [Path(__file__).resolve().parents[3], Path.cwd()]
     for root in candidates:
         if (root / "pyproject.toml").exists():
             path = root.parent / "shared" / "traces"
             if path.is_dir():
-                return path
+                return Path(os.path.relpath(path))
     return None
 
 

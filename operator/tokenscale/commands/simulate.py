@@ -52,7 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "main target (hpa: tokens/s per pod, keda: queued requests per pod, kpa: concurrency per pod, "
         "static: replicas, oracle: utilisation, tokenscale: targetTokensPerSecondPerReplica)",
     )
-    parser.add_argument("--compare", action="store_true", help="run tokenscale and every baseline")
+    parser.add_argument("--compare", action="store_true", help="run tokenscale and every baseline (targets as "
+                        "a user would set them from the spec: hpa and tokenscale targetTokensPerSecondPerReplica, "
+                        "keda targetQueueDepthPerReplica, kpa Knative's default 70, static maxReplicas, oracle 0.8)")
     parser.add_argument("--time-scale", type=float, default=1.0, help="stretch the trace's time (0.5 = twice the rate)")
     parser.add_argument("--rate-scale", type=float, default=1.0, help="replay each request this many times (volume)")
     parser.add_argument("--jitter", type=float, default=0.0, metavar="S", help="spread arrivals over S seconds")
@@ -135,8 +137,8 @@ def default_target(name: str, spec, profile, sim) -> float:
         return scaling.target_tokens_per_second_per_replica
     if name == "keda":
         return scaling.target_queue_depth_per_replica
-    if name == "kpa":  # Knative: container concurrency = the batch, at its default 70% utilisation
-        return 0.7 * profile.max_batch
+    if name == "kpa":  # Knative's defaults: container-concurrency-target-default 100 x 70% utilisation
+        return 70.0
     if name == "static":
         return float(scaling.max_replicas if scaling.enabled else spec.replicas)
     return 0.8  # oracle utilisation
@@ -208,7 +210,10 @@ def run(args) -> int:
         else:
             Path(args.json).write_text(payload + "\n")
     if not args.json or args.json != "-":
-        Console().print(results_table(results, probe))
+        out = Console()
+        if not out.is_terminal:
+            out = Console(width=150)
+        out.print(results_table(results, probe))
     return 0
 
 
@@ -227,9 +232,10 @@ def results_table(results, probe):
     from rich.table import Table
 
     target = results[0].ttft_target_s if results else 0
+    trace = probe.trace
     table = Table(
-        title=f"{probe.workload.name}: {len(probe.workload):,} requests, {probe.workload.duration_s / 60:.0f} min, "
-        f"1-min peak/mean {probe.workload.peak_to_mean():.2f}; one replica saturates at "
+        title=f"{trace.name}: {len(trace):,} requests, {trace.duration_s / 60:.0f} min, "
+        f"1-min peak/mean {trace.peak_to_mean():.2f}; one replica saturates at "
         f"{probe.reference_capacity_tps:,.0f} tok/s",
         caption=f"SLO: TTFT <= {target:g} s + the request's own prefill",
     )
@@ -237,7 +243,8 @@ def results_table(results, probe):
                    "dropped", "scale events", "reversals", "$/1M tok"):
         table.add_column(column, justify="left" if column in ("policy", "target") else "right")
     for r in results:
-        target = ", ".join(f"{k}={v}" for k, v in r.parameters.items() if k != "metric" and k != "target_queue_depth_per_replica")
+        main = next(iter(v for k, v in r.parameters.items() if k != "metric"), "")
+        target = f"{main:g}" if isinstance(main, float) else str(main)
         table.add_row(
             r.policy, target, f"{r.gpu_hours:.2f}", f"{r.slo_attainment:.2%}", f"{r.ttft_p50_s:.2f}s",
             f"{r.ttft_p95_s:.2f}s", f"{r.ttft_p99_s:.2f}s", f"{r.queue_wait_mean_s:.2f}s", str(r.dropped),
