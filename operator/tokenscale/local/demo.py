@@ -8,7 +8,7 @@
                           router  <-  load generator
 
 Everything here is real except the cluster: real kopf handlers against an HTTP API, real
-Prometheus, real servers loading a real (tiny, random) model. `run_demo` starts it all, drives
+Prometheus, real servers loading a real (tiny, random) model. `Loop.run` starts it all, drives
 the load, samples what happens once a second, and stops every process it started, whatever
 way it ends.
 """
@@ -27,122 +27,22 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from tokenscale.api import API_VERSION, KIND, PLURAL
+from tokenscale.api import API_VERSION, PLURAL
 from tokenscale.local import loadgen
 from tokenscale.local.children import Children
 from tokenscale.local.kubelet import SERVICE_LABEL, Kubelet, local_server_command
 from tokenscale.local.report import DecisionPoint, RunRecord, Sample, plot, summarize
 from tokenscale.local.router import Router
+from tokenscale.local.scenario import DemoConfig, default_model_cache
+
+__all__ = ["REPLICA_ENV", "DemoConfig", "Loop"]
 
 log = logging.getLogger(__name__)
-
-# One tiny-server process (1 torch thread, max batch 8) on the 2-core development machine
-# served about this many generated tokens/s at a TTFT p99 near a second (docs/benchmarks.md).
-CALIBRATED_TOKENS_PER_SECOND = 350.0
-MEAN_OUTPUT_TOKENS = 48  # of the built-in ramp (outputs 32..64 tokens)
-
-
-@dataclass
-class DemoConfig:
-    duration: float = 180.0  # seconds of load
-    trace: Path | None = None  # a request trace CSV, time-compressed onto `duration`
-    trace_mean_rps: float | None = None  # thin the trace to this mean rate (None: derived)
-    json_out: Path | None = None
-    plot_out: Path | None = Path("tokenscale-demo.png")
-    workdir: Path | None = None  # None: a fresh temporary directory, removed at the end
-    model_cache: Path | None = None  # None: ~/.cache/tokenscale/tiny-model-v<recipe>
-    namespace: str = "demo"
-    name: str = "tiny-chat"
-    served_name: str = "tiny"
-    tick_seconds: float = 2.0
-    scrape_seconds: float = 1.0
-    rate_window: str = "4s"  # the operator's short rate() window: 4 scrapes, reacts within seconds
-    long_rate_window: str = "60s"
-    min_replicas: int = 1
-    max_replicas: int = 3
-    target_tokens_per_second: float = CALIBRATED_TOKENS_PER_SECOND
-    target_queue_depth: float = 4.0
-    max_batch: int = 8
-    scale_up_stabilization: int = 0
-    scale_down_stabilization: int = 20
-    peak_load: float = 1.8  # the ramp's plateau, in replicas' worth of target capacity
-    idle_load: float = 0.3
-    settle_seconds: float = 0.0  # after the load, wait up to this long for the minimum again
-    max_concurrency: int = 96
-    live: bool | None = None  # None: a live view when stdout is a terminal
-    seed: int = 0
-    on_sample: Callable[[Sample], None] | None = field(default=None, repr=False)
-
-    def inference_service(self, model_dir: Path) -> dict[str, Any]:
-        return {
-            "apiVersion": API_VERSION,
-            "kind": KIND,
-            "metadata": {"name": self.name, "namespace": self.namespace},
-            "spec": {
-                "model": {"source": str(model_dir), "servedName": self.served_name},
-                "engine": {"type": "builtin", "maxBatchSize": self.max_batch},
-                "resources": {"gpus": 0},
-                "autoscaling": {
-                    "minReplicas": self.min_replicas,
-                    "maxReplicas": self.max_replicas,
-                    "targetTokensPerSecondPerReplica": self.target_tokens_per_second,
-                    "targetQueueDepthPerReplica": self.target_queue_depth,
-                    "backlogDrainSeconds": 10,
-                    "scaleUp": {
-                        "stabilizationSeconds": self.scale_up_stabilization,
-                        "maxStepPercent": 100,
-                        "maxStepPods": 2,
-                    },
-                    "scaleDown": {
-                        "stabilizationSeconds": self.scale_down_stabilization,
-                        "maxStepPercent": 50,
-                        "maxStepPods": 1,
-                    },
-                },
-            },
-        }
-
-    def planned_tokens_per_second(self, t: float) -> float | None:
-        """The built-in ramp's offered output tokens/s at t (None for a trace: no rate function)."""
-        if self.trace is not None:
-            return None
-        capacity_rps = self.target_tokens_per_second / MEAN_OUTPUT_TOKENS
-        level = loadgen.RampShape().level(t / self.duration)
-        rps = capacity_rps * (self.idle_load + (self.peak_load - self.idle_load) * level)
-        return rps * MEAN_OUTPUT_TOKENS
-
-    def plan(self) -> list[loadgen.PlannedRequest]:
-        capacity_rps = self.target_tokens_per_second / MEAN_OUTPUT_TOKENS
-        if self.trace is not None:
-            if self.trace_mean_rps is not None:
-                return loadgen.from_trace(self.trace, self.duration, mean_rps=self.trace_mean_rps, seed=self.seed)
-            # Thin to one replica's worth on average (bursts then need more), counting a prompt
-            # token as a quarter of a generated one: prompts cost the CPU too (prefill).
-            every = loadgen.from_trace(self.trace, self.duration, seed=self.seed)
-            mean_cost = sum(r.output_tokens + r.prompt_tokens / 4 for r in every) / len(every)
-            mean_rps = self.target_tokens_per_second / mean_cost
-            return loadgen.from_trace(self.trace, self.duration, mean_rps=mean_rps, seed=self.seed)
-        return loadgen.ramp(
-            self.duration,
-            idle_rps=capacity_rps * self.idle_load,
-            peak_rps=capacity_rps * self.peak_load,
-            seed=self.seed,
-        )
-
-
-def default_model_cache() -> Path:
-    from tokenscale_server.tiny_model import RECIPE_VERSION
-
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "tokenscale" / f"tiny-model-v{RECIPE_VERSION}"
-
 
 def _server_executable() -> str:
     beside = Path(sys.executable).parent / "tokenscale-server"
