@@ -22,7 +22,8 @@ from tokenscale.build.labels import MANAGED_BY, SERVICE_LABEL
 from tokenscale.settings import Settings
 
 MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
-RETRY_DELAY = 10.0
+RETRY_DELAY = 10.0  # an API error
+CONFLICT_RETRY_DELAY = 30.0  # a child's name taken by another object: waits for a person
 
 
 def _settings(memo: Any) -> Settings:
@@ -71,29 +72,30 @@ def serve(body: kopf.Body, reason: str, memo: Any, **_: Any) -> None:
     try:
         spec = reconcile.parse(owner)
     except SpecError as error:
-        _report_invalid(kube, body, owner, str(error))
-        raise kopf.PermanentError(f"invalid spec: {error}") from None
+        _degrade(kube, body, owner, "InvalidSpec", str(error))
+        raise kopf.PermanentError(f"invalid spec: {error}") from None  # no retry until the spec changes
     try:
         outcome = reconcile.realise(kube, settings, owner, spec)
-    except (kubernetes.client.ApiException, reconcile.ForeignObjectError) as error:
-        if isinstance(error, reconcile.ForeignObjectError):
-            reason, message = "NameConflict", str(error)
-        else:
-            reason, message = "ApplyFailed", f"applying the serving workload failed: {error.status} {error.reason}"
-        reconcile.write_status(kube, owner, conditions.degraded_status(
-            (owner.get("status") or {}).get("conditions"), reason=reason, message=message,
-            generation=owner["metadata"].get("generation")))
-        kopf.warn(body, reason=reason, message=message)
+    except reconcile.ForeignObjectError as error:
+        _degrade(kube, body, owner, "NameConflict", str(error))
+        raise kopf.TemporaryError(str(error), delay=CONFLICT_RETRY_DELAY) from None
+    except kubernetes.client.ApiException as error:
+        message = f"applying the serving workload failed: {error.status} {error.reason}"
+        _degrade(kube, body, owner, "ApplyFailed", message)
         raise kopf.TemporaryError(message, delay=RETRY_DELAY) from None
     reconcile.write_status(kube, owner, reconcile.observed_status(settings, owner, spec, outcome.deployment))
     _announce(body, outcome, verb={"create": "Created", "update": "Updated"}.get(reason, "Reconciled"))
 
 
-def _report_invalid(kube: reconcile.Kube, body: kopf.Body, owner: dict[str, Any], message: str) -> None:
-    status = conditions.degraded_status((owner.get("status") or {}).get("conditions"), reason="InvalidSpec",
-                                        message=message, generation=owner["metadata"].get("generation"))
+def _degrade(kube: reconcile.Kube, body: kopf.Body, owner: dict[str, Any], reason: str, message: str) -> None:
+    """Degraded=True with the reason; the Warning event only when that is news (retries stay quiet)."""
+    current = (owner.get("status") or {}).get("conditions")
+    before = conditions.get_condition(current, conditions.DEGRADED) or {}
+    status = conditions.degraded_status(current, reason=reason, message=message,
+                                        generation=owner["metadata"].get("generation"))
     reconcile.write_status(kube, owner, status)
-    kopf.warn(body, reason="InvalidSpec", message=message)
+    if (before.get("status"), before.get("reason"), before.get("message")) != ("True", reason, message):
+        kopf.warn(body, reason=reason, message=message)
 
 
 def _announce(body: Any, outcome: reconcile.Outcome, verb: str) -> None:
@@ -135,8 +137,12 @@ def _child_changed(event: dict[str, Any], body: kopf.Body, memo: Any) -> None:
     except (SpecError, reconcile.ForeignObjectError):
         return  # reported as Degraded by `serve`, which retries
     reconcile.write_status(kube, owner, reconcile.observed_status(settings, owner, spec, outcome.deployment))
-    if any(action in ("created", "updated") for action in outcome.actions.values()):
-        change = "deleted" if event.get("type") == "DELETED" else "changed"
+    deleted = event.get("type") == "DELETED"
+    if not deleted and (owner.get("status") or {}).get("observedGeneration") != owner["metadata"].get("generation"):
+        # This event came first with a spec change `serve` had not handled yet: it was applied here.
+        _announce(owner, outcome, verb="Updated")
+    elif any(action in ("created", "updated") for action in outcome.actions.values()):
+        change = "deleted" if deleted else "changed"
         kopf.info(owner, reason="Repaired",
                   message=f"{body.get('kind', 'child')} {body.metadata.name} was {change} outside tokenscale; restored")
 

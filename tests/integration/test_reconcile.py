@@ -71,6 +71,12 @@ def _settled(cluster, seconds=1.0):
     return _writes(cluster) == before
 
 
+def _wait_settled(cluster, namespace, name):
+    """The operator has handled the current spec (status.observedGeneration caught up)."""
+    wait_for(lambda: (o := cluster.get_service(namespace, name)).get("status", {}).get("observedGeneration")
+             == o["metadata"]["generation"], message="observedGeneration")
+
+
 def test_spec_change_updates_the_deployment(cluster):
     cluster.create_service("team-b", "qwen", {**SPEC, "replicas": 1})
     wait_for(lambda: _deployment(cluster, "team-b", "qwen"), message="the Deployment")
@@ -99,6 +105,7 @@ def test_spec_change_updates_the_deployment(cluster):
 def test_deleted_deployment_is_restored(cluster):
     cluster.create_service("team-c", "mistral", SPEC)
     first = wait_for(lambda: _deployment(cluster, "team-c", "mistral"), message="the Deployment")
+    _wait_settled(cluster, "team-c", "mistral")
     cluster.apps.delete_namespaced_deployment("mistral", "team-c")
     restored = wait_for(lambda: (d := _deployment(cluster, "team-c", "mistral")).metadata.uid != first.metadata.uid
                         and d, message="a new Deployment")
@@ -111,6 +118,7 @@ def test_hand_edits_are_reverted_but_autoscaled_replicas_are_kept(cluster):
     spec = {**SPEC, "autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 6}, "replicas": 2}
     cluster.create_service("team-d", "phi", spec)
     wait_for(lambda: _deployment(cluster, "team-d", "phi"), message="the Deployment")
+    _wait_settled(cluster, "team-d", "phi")
     # Someone changes the image, adds a variable, and scales by hand (the autoscaler's job here).
     deployment = _deployment(cluster, "team-d", "phi")
     container = deployment.spec.template.spec.containers[0]
@@ -219,3 +227,17 @@ def test_without_the_prometheus_operator_the_service_is_served_and_a_warning_say
         assert cluster.condition("team-j", "plain", "Degraded")["status"] == "False"
     finally:
         cluster.emulator.resources[key] = info
+
+
+def test_retries_of_a_conflict_do_not_repeat_the_warning(cluster):
+    foreign = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "twice"},
+               "spec": {"ports": [{"port": 80}], "selector": {"app": "other"}}}
+    cluster.core.create_namespaced_service("team-k", foreign)
+    cluster.create_service("team-k", "twice", SPEC)
+    wait_for(lambda: (c := cluster.condition("team-k", "twice", "Degraded")) and c["reason"] == "NameConflict",
+             message="NameConflict")
+    # A spec change retries at once (a new cause); the condition is unchanged, so no new event.
+    cluster.patch_service("team-k", "twice", {"metadata": {"labels": {"touched": "yes"}}})
+    wait_for(lambda: _settled(cluster, 1.0), message="the retry to settle")
+    warnings = [e for e in cluster.events_for("team-k", "twice") if e.reason == "NameConflict"]
+    assert len(warnings) == 1
