@@ -32,6 +32,7 @@ class Children:
 
     def __init__(self) -> None:
         self._procs: dict[int, subprocess.Popen] = {}
+        self._adopted: set[int] = set()  # children that do not lead a process group of their own
         self._lock = threading.Lock()
         atexit.register(self.stop_all)
 
@@ -62,6 +63,13 @@ class Children:
             self._procs[proc.pid] = proc
         return proc
 
+    def adopt(self, proc: subprocess.Popen) -> subprocess.Popen:
+        """Register a child started elsewhere (in the caller's process group) for `stop_all`."""
+        with self._lock:
+            self._procs[proc.pid] = proc
+            self._adopted.add(proc.pid)
+        return proc
+
     @property
     def running(self) -> list[subprocess.Popen]:
         with self._lock:
@@ -71,11 +79,15 @@ class Children:
         """Send `sig` to the child's whole process group (it leads its own session)."""
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, sig)
+                if proc.pid in self._adopted:
+                    proc.send_signal(sig)
+                else:
+                    os.killpg(proc.pid, sig)
 
     def forget(self, proc: subprocess.Popen) -> None:
         with self._lock:
             self._procs.pop(proc.pid, None)
+            self._adopted.discard(proc.pid)
 
     def stop(self, proc: subprocess.Popen, grace_seconds: float = 10.0) -> int | None:
         """SIGTERM, wait up to the grace period, then SIGKILL the group. Blocking."""
@@ -86,10 +98,7 @@ class Children:
             self.signal(proc, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=5)
-        # The leader may be gone while something it spawned is still in the group.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        _wait_group_gone(proc.pid)
+        self._kill_group(proc)
         self.forget(proc)
         return proc.returncode
 
@@ -105,12 +114,18 @@ class Children:
                 proc.wait(timeout=max(0.0, deadline - time.monotonic()))
         for proc in procs:
             self.signal(proc, signal.SIGKILL)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=5)
-            _wait_group_gone(proc.pid)
+            self._kill_group(proc)
             self.forget(proc)
+
+    def _kill_group(self, proc: subprocess.Popen) -> None:
+        """The leader may be gone while something it spawned is still in its group."""
+        if proc.pid in self._adopted:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        _wait_group_gone(proc.pid)
 
 
 def _wait_group_gone(group: int, timeout: float = 3.0) -> None:

@@ -124,6 +124,8 @@ class Loop:
             kubeconfig = api.write_kubeconfig(self.workdir / "kubeconfig", namespace=cfg.namespace)
             prom = PrometheusServer(self.workdir / "prometheus", scrape_interval=cfg.scrape_seconds)
             prom.start()
+            if prom.process is not None:
+                self.children.adopt(prom.process)  # stopped with the rest, even from atexit
             router = Router()
             await router.start()
             (self.workdir / "replicas").mkdir(exist_ok=True)

@@ -104,6 +104,11 @@ class PrometheusServer:
         return f"http://127.0.0.1:{self.port}"
 
     @property
+    def process(self) -> subprocess.Popen | None:
+        """The running child, for a supervisor that stops every process at exit."""
+        return self._process
+
+    @property
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
