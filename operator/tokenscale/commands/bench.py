@@ -94,7 +94,9 @@ def run(args) -> int:
     report["settings"]["wall_seconds"] = round(time.monotonic() - started, 1)
     console.print(report_table(report))
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+        from tokenscale.commands.simulate import json_safe
+
+        Path(args.json).write_text(json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n")
         console.print(f"report written to {args.json}")
     if args.markdown:
         Path(args.markdown).write_text(markdown_table(report))

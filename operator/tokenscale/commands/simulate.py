@@ -201,7 +201,7 @@ def run(args) -> int:
                 "profile": profile.name,
                 "peak_to_mean": round(workload.peak_to_mean(), 3),
                 "reference_capacity_tokens_per_s": round(probe.reference_capacity_tps, 1),
-                "results": [_clean(r.to_dict()) for r in results],
+                "results": [json_safe(r.to_dict()) for r in results],
             },
             indent=2,
         )
@@ -217,14 +217,14 @@ def run(args) -> int:
     return 0
 
 
-def _clean(value):
+def json_safe(value):
     """JSON has no NaN: write null."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_clean(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
