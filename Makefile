@@ -27,7 +27,8 @@ prometheus:
 	@if command -v prometheus >/dev/null && command -v promtool >/dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		echo "installing Debian's prometheus (tests and the demo run the real server)"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } \
+			|| echo "NOTE: apt-get could not install prometheus; tests that need it are skipped."; \
 	else \
 		echo "NOTE: prometheus/promtool not found. Install them (Debian/Ubuntu: sudo apt-get install prometheus);"; \
 		echo "      tests that need a real Prometheus are skipped until then."; \
