@@ -9,6 +9,7 @@ import pytest
 
 from tokenscale.api.models import AutoscalerState, AutoscalingSpec
 from tokenscale.policy import (
+    DemandPoint,
     History,
     Recommendation,
     ReplicaState,
@@ -358,10 +359,11 @@ def test_history_round_trips_through_status_json():
         last_scale_down=1.0,
         last_queue_depth=12.0,
         last_queue_time=16.5,
+        demand_extremes=(DemandPoint(1.5, 800.0), DemandPoint(16.5, 950.0)),
     )
     state = history_to_status(history)
     wire = json.loads(json.dumps(state.model_dump(by_alias=True, mode="json")))
-    assert {"panicUntil", "lastScaleUp", "lastQueueDepth", "lastQueueTime"} <= set(wire)
+    assert {"panicUntil", "lastScaleUp", "lastQueueDepth", "lastQueueTime", "demandExtremes"} <= set(wire)
     assert history_from_status(AutoscalerState.model_validate(wire)) == history
     assert history_from_status(None) == History()
 
@@ -422,3 +424,54 @@ def test_missing_metrics_forget_the_queue_sample():
     history = History(last_queue_depth=10.0, last_queue_time=NOW - 15)
     decision = run(Signals(), 2, history=history)
     assert decision.history.last_queue_depth is None and decision.history.last_queue_time is None
+
+
+# --- burst headroom --------------------------------------------------------------------------
+
+
+def lows(*samples: tuple[float, float]) -> History:
+    return History(recommendations=steady().recommendations,
+                   demand_extremes=tuple(DemandPoint(time, tps) for time, tps in samples))
+
+
+def test_burst_headroom_holds_a_multiple_of_the_baseline_demand():
+    decision = run(signals(1000), 2, history=lows(), burst_headroom=4)
+    check(decision, 4, "headroom")
+    assert decision.recommendations["headroom"] == 4 and decision.recommendations["tokens"] == 1
+
+
+def test_a_burst_does_not_raise_its_own_headroom():
+    # The window's low (1,000 tok/s) sets the headroom; the burst is sized by the target alone.
+    history = lows((NOW - 600, 1000.0))
+    decision = run(signals(6000), 4, history=history, burst_headroom=4)
+    assert decision.recommendations["headroom"] == 4
+    check(decision, 6, "tokens")
+    assert [low.tokens_per_second for low in decision.history.demand_extremes] == [1000.0, 6000.0]
+
+
+def test_the_headroom_follows_the_baseline_down_and_up():
+    # A lower sample replaces every higher one: the low is the window's minimum.
+    history = lows((NOW - 600, 1000.0), (NOW - 300, 3000.0))
+    decision = run(signals(500), 4, history=history, burst_headroom=4)
+    assert decision.recommendations["headroom"] == 2
+    assert [(low.time, low.tokens_per_second) for low in decision.history.demand_extremes] == [(NOW, 500.0)]
+    # A low older than the window no longer counts: the baseline rises to what the window saw.
+    later = run(signals(4000), 4, history=history, now=NOW + 1300, burst_headroom=4, burst_window_seconds=1800)
+    assert later.recommendations["headroom"] == 12  # 4 x 3,000 tok/s (the 1,000 one left the window)
+
+
+def test_without_burst_headroom_nothing_is_recorded():
+    decision = run(signals(1000), 2, history=steady(2))
+    assert "headroom" not in decision.recommendations and decision.history.demand_extremes == ()
+
+
+def test_peak_baseline_holds_what_the_last_burst_needed():
+    # Traffic that falls to nothing between bursts: the window's peak, not its low, sets the hold.
+    history = lows((NOW - 900, 5000.0), (NOW - 300, 2000.0))
+    decision = run(signals(0), 6, history=history, burst_headroom=1.5, burst_baseline="Peak")
+    assert decision.recommendations["headroom"] == 8  # 1.5 x 5,000 tok/s at 1,000 each
+    assert [low.tokens_per_second for low in decision.history.demand_extremes] == [5000.0, 2000.0, 0.0]
+    # Once the burst leaves the window, the next highest sample sets it.
+    later = run(signals(0), 6, history=decision.history, now=NOW + 1000, burst_headroom=1.5,
+                burst_baseline="Peak", burst_window_seconds=1800)
+    assert later.recommendations["headroom"] == 3

@@ -37,6 +37,9 @@ def specs(draw) -> AutoscalingSpec:
             "max_step_pods": draw(st.integers(1, 4)),
         },
         "target_time_to_first_token_seconds": draw(st.sampled_from([None, 0.5])),
+        "burst_headroom": draw(st.sampled_from([1.0, 1.0, 3.0])),
+        "burst_baseline": draw(st.sampled_from(["Low", "Low", "Peak"])),
+        "burst_window_seconds": draw(st.sampled_from([60, 600])),
     }
     if min_replicas == 0:
         values["activation"] = {"query": "sum(gateway_queue)"}

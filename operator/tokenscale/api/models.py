@@ -79,6 +79,11 @@ class MetricsUnavailableAction(StrEnum):
     ScaleTo = "ScaleTo"
 
 
+class BurstBaseline(StrEnum):
+    Low = "Low"
+    Peak = "Peak"
+
+
 class ModelSpec(_Model):
     source: str = Field(
         min_length=1,
@@ -385,6 +390,27 @@ class AutoscalingSpec(_Model):
         le=600,
         description="Optional latency target: TTFT p90 above it scales up (engines that export TTFT).",
     )
+    burst_headroom: float = Field(
+        default=1.0,
+        ge=1,
+        le=100,
+        description="Hold replicas for this multiple of the baseline demand (burstBaseline over the "
+        "last burstWindowSeconds), so bursts are served without waiting for new replicas to start; "
+        "scale-ups above it are sized by the target. 1 with burstBaseline Low: no headroom.",
+    )
+    burst_baseline: BurstBaseline = Field(
+        default=BurstBaseline.Low,
+        description="Low: the window's lowest generated tokens/s (bursts are a multiple of the quiet "
+        "load; a burst does not raise its own headroom). Peak: its highest (hold what the last burst "
+        "needed; for traffic that falls to nothing between bursts).",
+    )
+    burst_window_seconds: int = Field(
+        default=1800,
+        ge=60,
+        le=86_400,
+        description="Look-back window of the baseline demand that burstHeadroom multiplies; longer than "
+        "the bursts (Low) or than the gaps between them (Peak).",
+    )
 
     @model_validator(mode="after")
     def _cross_field(self) -> AutoscalingSpec:
@@ -502,6 +528,11 @@ class RecommendationRecord(_Status):
     replicas: int = Field(description="Replicas recommended.")
 
 
+class DemandSample(_Status):
+    time: float = Field(description="Unix time of the sample.")
+    tokens_per_second: float = Field(description="Generated tokens/s.")
+
+
 class AutoscalerState(_Status):
     recommendations: list[RecommendationRecord] = Field(
         default_factory=list, description="Recent recommendations, for the stabilisation windows."
@@ -514,6 +545,11 @@ class AutoscalerState(_Status):
         default=None, description="Queue depth at the last decision (its growth estimates the arrival rate)."
     )
     last_queue_time: float | None = Field(default=None, description="Unix time of lastQueueDepth.")
+    demand_extremes: list[DemandSample] = Field(
+        default_factory=list,
+        description="Generated tokens/s samples of burstWindowSeconds that may still become its low "
+        "(or peak): the first is the baseline demand.",
+    )
 
 
 class InferenceServiceStatus(_Status):

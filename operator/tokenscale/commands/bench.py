@@ -124,7 +124,7 @@ def markdown_table(report: dict) -> str:
                 f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
                 for k, v in detail.get("parameters", {}).items()
                 if k in ("target_per_pod", "target_concurrency", "replicas", "utilisation",
-                         "target_tokens_per_second_per_replica")
+                         "target_tokens_per_second_per_replica", "burst_headroom", "burst_baseline")
             )
             if not detail.get("met_slo", True):
                 target += " (closest)"

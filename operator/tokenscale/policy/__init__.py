@@ -3,10 +3,11 @@
 from .decide import decide
 from .demand import replicas_for
 from .history import history_from_status, history_to_status
-from .types import Decision, History, Recommendation, ReplicaState, Signals
+from .types import Decision, DemandPoint, History, Recommendation, ReplicaState, Signals
 
 __all__ = [
     "Decision",
+    "DemandPoint",
     "History",
     "Recommendation",
     "ReplicaState",

@@ -12,11 +12,11 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from tokenscale.api.models import AutoscalingSpec, MetricsUnavailableAction
+from tokenscale.api.models import AutoscalingSpec, BurstBaseline, MetricsUnavailableAction
 
 from . import demand as rules
 from .demand import number, replicas_for, tokens_per_second
-from .history import record, trim
+from .history import add_demand_sample, baseline_demand, record, trim
 from .limits import Outcome, scale_down, scale_up
 from .types import Decision, History, ReplicaState, Signals
 
@@ -214,6 +214,10 @@ def _from_signals(
 
     demand = rules.measure(signals, spec, history, now)
     recommendations = rules.recommendations(demand, signals, spec, ready, serving_soon)
+    if spec.burst_headroom > 1 or spec.burst_baseline == BurstBaseline.Peak:  # burst headroom
+        history = add_demand_sample(history, now, demand.generated, spec)
+        baseline = baseline_demand(history, now, spec) or 0.0
+        recommendations["headroom"] = replicas_for(spec.burst_headroom * baseline, capacity_per_replica)
     result = Outcome(current, recommendations)
 
     # Tolerance and small-count hysteresis on the tokens rule: up only above the band; down only to

@@ -9,9 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 
-from tokenscale.api.models import AutoscalerState, AutoscalingSpec, RecommendationRecord
+from tokenscale.api.models import (
+    AutoscalerState,
+    AutoscalingSpec,
+    BurstBaseline,
+    DemandSample,
+    RecommendationRecord,
+)
 
-from .types import History, Recommendation
+from .types import DemandPoint, History, Recommendation
 
 
 def longest_window(spec: AutoscalingSpec) -> float:
@@ -59,6 +65,10 @@ def history_from_status(state: AutoscalerState | None) -> History:
         last_scale_down=state.last_scale_down,
         last_queue_depth=state.last_queue_depth,
         last_queue_time=state.last_queue_time,
+        demand_extremes=tuple(
+            DemandPoint(time=float(item.time), tokens_per_second=float(item.tokens_per_second))
+            for item in sorted(state.demand_extremes, key=lambda item: item.time)
+        ),
     )
 
 
@@ -74,4 +84,29 @@ def history_to_status(history: History) -> AutoscalerState:
         last_scale_down=history.last_scale_down,
         last_queue_depth=history.last_queue_depth,
         last_queue_time=history.last_queue_time,
+        demand_extremes=[
+            DemandSample(time=item.time, tokens_per_second=item.tokens_per_second)
+            for item in history.demand_extremes
+        ],
     )
+
+
+def add_demand_sample(history: History, now: float, tokens_per_second: float, spec: AutoscalingSpec) -> History:
+    """Add a demand sample to the burst window's candidates: a monotonic queue (each entry lower, for
+    Low, or higher, for Peak, than every later one), so its first entry is the window's low or peak
+    and it keeps a few entries, not one per tick."""
+    start = now - spec.burst_window_seconds
+    peak = spec.burst_baseline == BurstBaseline.Peak
+    kept = [
+        item for item in history.demand_extremes
+        if item.time >= start and (item.tokens_per_second > tokens_per_second if peak
+                                   else item.tokens_per_second < tokens_per_second)
+    ]
+    kept.append(DemandPoint(time=now, tokens_per_second=tokens_per_second))
+    return dataclasses.replace(history, demand_extremes=tuple(kept))
+
+
+def baseline_demand(history: History, now: float, spec: AutoscalingSpec) -> float | None:
+    """The lowest (Low) or highest (Peak) generated tokens/s sampled in the burst window (None: none)."""
+    kept = [item for item in history.demand_extremes if item.time >= now - spec.burst_window_seconds]
+    return kept[0].tokens_per_second if kept else None

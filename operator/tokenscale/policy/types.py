@@ -59,6 +59,14 @@ class Recommendation:
 
 
 @dataclass(frozen=True)
+class DemandPoint:
+    """A generated tokens/s sample that may become the burst window's low or peak."""
+
+    time: float
+    tokens_per_second: float
+
+
+@dataclass(frozen=True)
 class History:
     """The policy's memory between ticks. Lives in the object's status so a restart resumes."""
 
@@ -69,6 +77,8 @@ class History:
     last_scale_down: float | None = None
     last_queue_depth: float | None = None  # the queue at the last decision with usable metrics
     last_queue_time: float | None = None
+    # the burst window's candidate lows (rising) or peaks (falling): the first is its low or peak
+    demand_extremes: tuple[DemandPoint, ...] = ()
 
 
 @dataclass(frozen=True)

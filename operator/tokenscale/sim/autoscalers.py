@@ -61,6 +61,9 @@ class TokenscalePolicy:
             "target_tokens_per_second_per_replica": round(spec.target_tokens_per_second_per_replica, 3),
             "target_queue_depth_per_replica": spec.target_queue_depth_per_replica,
         }
+        if spec.burst_headroom > 1 or spec.burst_baseline != "Low":
+            self.parameters["burst_headroom"] = round(spec.burst_headroom, 3)
+            self.parameters["burst_baseline"] = str(spec.burst_baseline)
 
     def initial_replicas(self, sim) -> int:
         return min(max(sim.warm_start_replicas(), self.spec.min_replicas, 1), self.spec.max_replicas)
@@ -95,6 +98,10 @@ def make_autoscaler(name: str, target: float, spec: AutoscalingSpec, **options):
         scaler = StaticReplicas(int(math.ceil(target)))
     elif name == "oracle":
         scaler = Oracle(target, min_replicas=low, max_replicas=high, **options)
+    elif name == "tokenscale" and "headroom_at" in options:  # target: burstHeadroom
+        update = {"target_tokens_per_second_per_replica": options["headroom_at"], "burst_headroom": max(1.0, target),
+                  "burst_baseline": options.get("baseline", "Low")}
+        scaler = TokenscalePolicy(spec.model_copy(update=update))
     elif name == "tokenscale":
         scaler = TokenscalePolicy(spec.model_copy(update={"target_tokens_per_second_per_replica": target}))
     else:

@@ -31,6 +31,7 @@ MEAN_REPLICAS = 4.0  # every trace is scaled to need this many replicas on avera
 MAX_REPLICAS = 256
 COST_CAP_OVER_PEAK = 2.0
 ORACLE_SMOOTHING_S = (4.0, 30.0)
+TOKENSCALE_CAPACITY_SHARE = 0.8  # tokenscale's target while its burst headroom is searched
 REQUEST_TRACES = ("azure2023_code_1h.csv", "azure2023_conv_1h.csv", "mooncake_fast25_conversation_1h.csv")
 GENERATED = ("poisson", "bursty", "diurnal", "flash-crowd")
 
@@ -94,10 +95,12 @@ class Tuned:
     runs: list[SimResult] = field(default_factory=list)
 
 
-def _search_space(policy: str, sim_probe: Simulation, spec: AutoscalingSpec, quick: bool):
+def _search_space(policy: str, sim_probe: Simulation, spec: AutoscalingSpec, quick: bool, options: dict):
     """(start, factor towards more capacity, integer?) for the policy's main target."""
     capacity = sim_probe.reference_capacity_tps
     profile = sim_probe.profile
+    if policy == "tokenscale" and "headroom_at" in options:
+        return 1.0, 1.4, False  # burstHeadroom at a fixed target, from none upwards
     if policy in ("hpa", "tokenscale"):
         return 0.8 * capacity, 0.8, False  # tokens/s per replica, from near saturation downwards
     if policy == "keda":
@@ -134,6 +137,15 @@ def tune(
             for smooth in ORACLE_SMOOTHING_S
         ]
         return _pick(policy, [r for t in tuned for r in t.runs], slo)
+    if policy == "tokenscale":  # the best of its knobs: the target, or burst headroom (over the
+        # window's low or peak) at the measured capacity (the searches' common start, 0.8x saturation)
+        capacity = TOKENSCALE_CAPACITY_SHARE * Simulation(workload, profile, config).reference_capacity_tps
+        tuned = [
+            _search(policy, workload, profile, spec, config, slo, quick, options)
+            for options in ({}, {"headroom_at": capacity, "baseline": "Low"},
+                            {"headroom_at": capacity, "baseline": "Peak"})
+        ]
+        return _pick(policy, [r for t in tuned for r in t.runs], slo)
     return _search(policy, workload, profile, spec, config, slo, quick, {})
 
 
@@ -147,7 +159,7 @@ def _search(policy, workload, profile, spec, config, slo, quick, options) -> Tun
         return result
 
     probe = Simulation(workload, profile, config)
-    start, factor, _ = _search_space(policy, probe, spec, quick)
+    start, factor, _ = _search_space(policy, probe, spec, quick, options)
     steps = 6 if quick else 10
     refine = 1 if quick else 2
     cost_cap = COST_CAP_OVER_PEAK * peak_provisioning_gpu_hours(probe)
