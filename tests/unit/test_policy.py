@@ -441,12 +441,17 @@ def test_burst_headroom_holds_a_multiple_of_the_baseline_demand():
 
 
 def test_a_burst_does_not_raise_its_own_headroom():
-    # The window's low (1,000 tok/s) sets the headroom; the burst is sized by the target alone.
+    # The window's low (1,000 tok/s) sets the headroom; the burst is sized by the target alone, and
+    # only once the pods show overload (a queue): until then the headroom serves it.
     history = lows((NOW - 600, 1000.0))
-    decision = run(signals(6000), 4, history=history, burst_headroom=4)
-    assert decision.recommendations["headroom"] == 4
-    check(decision, 6, "tokens")
-    assert [low.tokens_per_second for low in decision.history.demand_extremes] == [1000.0, 6000.0]
+    quiet = run(signals(6000), 4, history=history, burst_headroom=4)
+    assert quiet.recommendations["headroom"] == 4
+    check(quiet, 4, "headroom")
+    assert [low.tokens_per_second for low in quiet.history.demand_extremes] == [1000.0, 6000.0]
+    overloaded = run(signals(5700, queue=2, mean_output_tokens=100), 4, history=history, burst_headroom=4)
+    check(overloaded, 6, "tokens")  # 5,700 + 2 x 100 / 30 tok/s
+    full_cache = run(signals(5700, kv_cache_usage=0.95), 4, history=history, burst_headroom=4)
+    check(full_cache, 6, "tokens")
 
 
 def test_the_headroom_follows_the_baseline_down_and_up():

@@ -225,7 +225,16 @@ def _from_signals(
     # upper edge and flap back (at 2 -> 1 the load must fit one replica at (1 - tolerance)).
     upper = current * capacity_per_replica * (1 + tolerance)
     lower = current * capacity_per_replica * (1 - tolerance)
-    if demand.total > upper:
+    # With burst headroom, a burst inside it orders nothing unless the pods show overload (requests
+    # waiting, or the KV cache full): the headroom is what serves it, and replicas ordered now would
+    # arrive after it and stay for the scale-down window. Panic (below) still acts on big bursts.
+    within_headroom = "headroom" in recommendations and demand.queue < 1 and (
+        (number(signals.kv_cache_usage) or 0.0) <= rules.KV_CACHE_TARGET
+    )
+    held_by_headroom = demand.total > upper and within_headroom
+    if held_by_headroom:
+        tokens_effective = current
+    elif demand.total > upper:
         tokens_effective = recommendations["tokens"]
     elif demand.total >= lower:
         tokens_effective = current
@@ -291,6 +300,10 @@ def _from_signals(
     elif cold_capped:
         result.set(current, "coldStart", f"Holding at {current}: {pending} replica(s) still loading count "
                    f"as capacity on its way ({because(wanted)}).")
+    elif held_by_headroom and rule == "tokens":
+        result.set(current, "headroom", f"Holding at {current}: the burst is within the burst headroom and "
+                   f"the pods show no overload (no queue, KV cache at most {rules.KV_CACHE_TARGET:.0%}); "
+                   f"{because(wanted)}.")
     elif held_by_tolerance:
         utilisation = demand.total / (current * capacity_per_replica)
         result.set(current, "tolerance", f"Holding at {current}: utilisation {utilisation:.0%} is within "
