@@ -480,3 +480,14 @@ def test_peak_baseline_holds_what_the_last_burst_needed():
     later = run(signals(0), 6, history=decision.history, now=NOW + 1000, burst_headroom=1.5,
                 burst_baseline="Peak", burst_window_seconds=1800)
     assert later.recommendations["headroom"] == 3
+
+
+def test_the_burst_window_keeps_a_bounded_history_in_status():
+    # A day of steadily climbing demand: every sample would be a candidate low; status keeps ~32.
+    history, day = History(), 86_400
+    for tick in range(0, day, 15 * 8):  # every 8th tick of a day, to keep the test fast
+        decision = run(signals(100 + tick / 100), 1, history=history, now=NOW + tick, max_replicas=1000,
+                       burst_headroom=2, burst_window_seconds=day)
+        history = decision.history
+    assert 2 <= len(history.demand_extremes) <= 33
+    assert history.demand_extremes[0].tokens_per_second == 100  # the window's low is still the first

@@ -8,6 +8,7 @@ with a 15 s tick and a 300 s window, a steady service keeps one or two entries i
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from tokenscale.api.models import (
     AutoscalerState,
@@ -91,10 +92,18 @@ def history_to_status(history: History) -> AutoscalerState:
     )
 
 
+DEMAND_SLOTS = 32  # the burst window keeps at most one sample per 1/DEMAND_SLOTS of it
+
+
 def add_demand_sample(history: History, now: float, tokens_per_second: float, spec: AutoscalingSpec) -> History:
     """Add a demand sample to the burst window's candidates: a monotonic queue (each entry lower, for
     Low, or higher, for Peak, than every later one), so its first entry is the window's low or peak
-    and it keeps a few entries, not one per tick."""
+    and it keeps a few entries, not one per tick.
+
+    One entry per slot of 1/DEMAND_SLOTS of the window (slots are fixed in time), so status holds at
+    most DEMAND_SLOTS + 1 of them even when demand climbs for a whole day: a sample that the last
+    entry of its slot dominates moves that entry's time to its own instead of adding one (the
+    entry's value then holds at most one slot longer than it would)."""
     start = now - spec.burst_window_seconds
     peak = spec.burst_baseline == BurstBaseline.Peak
     kept = [
@@ -102,7 +111,11 @@ def add_demand_sample(history: History, now: float, tokens_per_second: float, sp
         if item.time >= start and (item.tokens_per_second > tokens_per_second if peak
                                    else item.tokens_per_second < tokens_per_second)
     ]
-    kept.append(DemandPoint(time=now, tokens_per_second=tokens_per_second))
+    slot = spec.burst_window_seconds / DEMAND_SLOTS
+    if kept and math.floor(kept[-1].time / slot) == math.floor(now / slot):
+        kept[-1] = DemandPoint(time=now, tokens_per_second=kept[-1].tokens_per_second)
+    else:
+        kept.append(DemandPoint(time=now, tokens_per_second=tokens_per_second))
     return dataclasses.replace(history, demand_extremes=tuple(kept))
 
 
