@@ -168,3 +168,13 @@ def test_builtin_image_defaults_to_this_release():
 
     container = adapter_for("builtin").container(spec_for("builtin", resources={"gpus": 0}))
     assert container["image"] == f"ghcr.io/tokenscale/server:{__version__}"
+
+
+def test_builtin_runs_as_the_server_images_own_user():
+    """The pod's runAsUser is the USER of server/Dockerfile, so the image's own paths are its own."""
+    from pathlib import Path
+
+    dockerfile = (Path(__file__).resolve().parents[2] / "server" / "Dockerfile").read_text()
+    user = [line.split()[1] for line in dockerfile.splitlines() if line.startswith("USER ")][-1]
+    adapter = ADAPTERS[EngineType.builtin]
+    assert user == f"{adapter.non_root_uid}:{adapter.non_root_uid}"

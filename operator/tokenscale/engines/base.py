@@ -19,7 +19,6 @@ MODEL_CACHE_PATH = "/models"
 SHM_VOLUME = "dshm"
 CACHE_VOLUME = "model-cache"
 TMP_VOLUME = "tmp"
-NON_ROOT_UID = 1000
 
 
 @dataclass(frozen=True)
@@ -52,6 +51,7 @@ class EngineAdapter:
     metrics_path: ClassVar[str] = "/metrics"
     # Whether the image works as an arbitrary non-root user (then runAsNonRoot is enforced).
     runs_as_non_root: ClassVar[bool] = False
+    non_root_uid: ClassVar[int] = 1000  # the image's own user where it has one
     read_only_root: ClassVar[bool] = False
     drain_seconds: ClassVar[int] = 10  # preStop: let endpoints drop the pod before SIGTERM
     termination_grace_seconds: ClassVar[int] = 120  # drain + in-flight requests finishing
@@ -175,7 +175,7 @@ class EngineAdapter:
             "seccompProfile": {"type": "RuntimeDefault"},
         }
         if self.runs_as_non_root:
-            context.update(runAsNonRoot=True, runAsUser=NON_ROOT_UID, runAsGroup=NON_ROOT_UID)
+            context.update(runAsNonRoot=True, runAsUser=self.non_root_uid, runAsGroup=self.non_root_uid)
         if self.read_only_root:
             context["readOnlyRootFilesystem"] = True
         return context
@@ -184,8 +184,9 @@ class EngineAdapter:
         context: dict[str, Any] = {"seccompProfile": {"type": "RuntimeDefault"}}
         if self.runs_as_non_root:
             # fsGroup makes the cache volume writable for the non-root user.
-            context.update(runAsNonRoot=True, runAsUser=NON_ROOT_UID, runAsGroup=NON_ROOT_UID,
-                           fsGroup=NON_ROOT_UID, fsGroupChangePolicy="OnRootMismatch")
+            uid = self.non_root_uid
+            context.update(runAsNonRoot=True, runAsUser=uid, runAsGroup=uid,
+                           fsGroup=uid, fsGroupChangePolicy="OnRootMismatch")
         return context
 
 

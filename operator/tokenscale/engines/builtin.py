@@ -17,6 +17,7 @@ class BuiltinAdapter(EngineAdapter):
     image = f"ghcr.io/tokenscale/server:{__version__}"  # `tokenscale run --default-server-image` overrides
     ready_path = "/ready"
     runs_as_non_root = True
+    non_root_uid = 65532  # USER in server/Dockerfile
     read_only_root = True
     drain_seconds = 5  # the server drains itself on SIGTERM (readiness false, finish in flight)
 
