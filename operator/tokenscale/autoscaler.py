@@ -40,6 +40,7 @@ from tokenscale.metrics.source import (
     ServiceKey,
     ServiceRef,
 )
+from tokenscale.observability import OperatorMetrics
 from tokenscale.policy import Decision, ReplicaState, Signals, decide, history_from_status, history_to_status
 from tokenscale.settings import Settings
 
@@ -93,8 +94,10 @@ class SignalSnapshots:
     """
 
     def __init__(self, source: PrometheusSource | None, tick_seconds: float, clock: Callable[[], float] = time.time,
-                 missing_reason: str = "no Prometheus configured (--prometheus-url)"):
+                 missing_reason: str = "no Prometheus configured (--prometheus-url)",
+                 metrics: OperatorMetrics | None = None):
         self.source = source
+        self.metrics = metrics
         self.tick_seconds = tick_seconds
         self.clock = clock
         self.missing_reason = missing_reason
@@ -124,12 +127,18 @@ class SignalSnapshots:
     def _read(self, now: float) -> _Snapshot:
         refs = frozenset(ref for ref, _ in self._seen.values())
         self.reads += 1
+        assert self.source is not None
+        sent_before = getattr(self.source, "queries_sent", 0)
         try:
-            assert self.source is not None
             return _Snapshot(now, refs, self.source.read(refs, at=now))
         except MetricsUnavailable as error:
             log.warning("signals unavailable for %d service(s): %s", len(refs), error)
+            if self.metrics is not None:
+                self.metrics.read_failed()
             return _Snapshot(now, refs, error=str(error))
+        finally:
+            if self.metrics is not None:
+                self.metrics.queries_sent(getattr(self.source, "queries_sent", 0) - sent_before)
 
 
 # --- one service's tick -----------------------------------------------------------------------
@@ -178,13 +187,18 @@ class Autoscaler:
         config = source_config(settings)
         if source is None and config is not None:
             source = PrometheusSource(config)
-        self.snapshots = SignalSnapshots(source, settings.tick_seconds, clock)
+        self.metrics = OperatorMetrics()
+        if settings.metrics_address:
+            host, port = self.metrics.serve(settings.metrics_address)
+            log.info("serving the operator's metrics on http://%s:%d/metrics", host, port)
+        self.snapshots = SignalSnapshots(source, settings.tick_seconds, clock, metrics=self.metrics)
         # Ticks run on their own threads: while one waits on a slow Prometheus (the others wait
         # for its snapshot), kopf's default executor stays free for the reconcile handlers.
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="autoscale")
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.metrics.close()
         if self.snapshots.source is not None:
             self.snapshots.source.close()
 
@@ -204,6 +218,18 @@ class Autoscaler:
         namespace, name = meta.get("namespace"), meta.get("name")
         if not namespace or not name:
             return None
+        started = time.perf_counter()
+        decision = self._tick(namespace, name, announce)
+        if decision is None:
+            self.metrics.forget(namespace, name)  # deleted, invalid or not autoscaled: no series
+        self.metrics.tick_duration.observe(time.perf_counter() - started)
+        return decision
+
+    def forget(self, namespace: str, name: str) -> None:
+        """The service is gone from this operator (deleted, or its daemon stopped): drop its series."""
+        self.metrics.forget(namespace, name)
+
+    def _tick(self, namespace: str, name: str, announce: Announce | None) -> Decision | None:
         owner = reconcile.read_service(self.kube, namespace, name) or {}
         if not owner or (owner.get("metadata") or {}).get("deletionTimestamp"):
             return None
@@ -239,6 +265,13 @@ class Autoscaler:
                 verb = "ScaledUp" if decision.desired > decision.current else "ScaledDown"
                 announce("Normal", verb, decision.reason)
         self._write(owner, status, spec, decision, signals, unavailable, now, scaled, acts, unschedulable)
+        self.metrics.record(
+            namespace, name, desired=decision.desired if acts else decision.current,
+            recommended=decision.desired, ready=replicas.ready,
+            metrics_available=decision.metrics_available and unavailable is None,
+            scaling_limited=decision.scaling_limited, tokens_per_second=signals.tokens_per_second,
+            queue_depth=signals.queue_depth, limited_by=decision.limited_by,
+            scaled=("up" if decision.desired > decision.current else "down") if scaled else None)
         return decision
 
     # --- cluster I/O ----------------------------------------------------------------------------

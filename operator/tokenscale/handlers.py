@@ -182,3 +182,4 @@ async def autoscale(body: kopf.Body, stopped: kopf.DaemonStopped, memo: Any, log
         except Exception as error:  # a failed tick must not end the timer: log it, try next tick
             logger.warning(f"autoscaling tick failed: {type(error).__name__}: {error}")
         await stopped.wait(_settings(memo).tick_seconds)
+    scaler.forget(body.metadata.namespace, body.metadata.name)  # deleted, or this replica paused

@@ -13,6 +13,7 @@ from tokenscale import __version__
 
 DEFAULT_SERVER_IMAGE = f"ghcr.io/tokenscale/server:{__version__}"
 DEFAULT_LIVENESS = "http://0.0.0.0:8080/healthz"
+DEFAULT_METRICS_ADDRESS = "0.0.0.0:8081"
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,9 @@ class Settings:
     standalone: bool = False  # no peering at all (a single replica)
     priority: int = 0  # peering priority of this instance
     liveness: str | None = DEFAULT_LIVENESS  # kopf's liveness endpoint; None disables it
+    # The operator's own /metrics (HOST:PORT). None here, so harnesses running several operators in
+    # one process do not collide; `tokenscale run` defaults it to DEFAULT_METRICS_ADDRESS.
+    metrics_address: str | None = None
     watch_server_timeout: int = 300  # seconds the API server keeps one watch request open
     watch_client_timeout: float = 330.0  # seconds the client waits for a watch to end
     request_timeout: float = 30.0  # seconds for one ordinary API request

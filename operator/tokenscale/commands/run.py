@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tokenscale import settings as settings_module
-from tokenscale.settings import DEFAULT_LIVENESS, DEFAULT_SERVER_IMAGE, Settings
+from tokenscale.settings import DEFAULT_LIVENESS, DEFAULT_METRICS_ADDRESS, DEFAULT_SERVER_IMAGE, Settings
 
 ENV_PREFIX = "TOKENSCALE_"
 _TRUE = {"1", "true", "yes", "on"}
@@ -62,6 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
          "pauses every replica that shares a priority), else 0", kind=int, metavar="N")
     _add(cluster, "--liveness", "liveness endpoint to serve ('' disables it)", default=DEFAULT_LIVENESS,
          metavar="URL")
+    _add(cluster, "--metrics-address", "HOST:PORT of the operator's own Prometheus metrics ('' disables them)",
+         default=DEFAULT_METRICS_ADDRESS, metavar="ADDR")
     _add(cluster, "--watch-server-timeout", "seconds the API server keeps one watch open", kind=int,
          default=300, metavar="S")
     _add(cluster, "--watch-client-timeout", "seconds the client waits for a watch to end", kind=float,
@@ -138,6 +140,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         raise ValueError(f"--log-format must be json or plain, got {args.log_format!r}")
     if args.peering and args.standalone:
         raise ValueError("--peering and --standalone exclude each other")
+    if args.metrics_address:
+        from tokenscale.observability import parse_address
+
+        parse_address(args.metrics_address)  # a ValueError names the flag
     if args.tick_seconds <= 0:
         raise ValueError("--tick-seconds must be positive")
     return Settings(
@@ -148,6 +154,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         standalone=bool(args.standalone),
         priority=_priority(args),
         liveness=args.liveness or None,
+        metrics_address=args.metrics_address or None,
         watch_server_timeout=args.watch_server_timeout,
         watch_client_timeout=args.watch_client_timeout,
         request_timeout=args.request_timeout,
