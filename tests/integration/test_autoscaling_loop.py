@@ -9,10 +9,13 @@ ticks and scrapes, 3 s / 6 s rate windows, a 6 s scale-down stabilisation window
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
+import urllib.request
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fixtures.exporters import EngineExporter
 from tests.integration.conftest import wait_for
@@ -127,8 +130,15 @@ def prometheus(pools, gateway, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def operator_settings(cluster, prometheus) -> Settings:
-    return Settings(kubeconfig=str(cluster.kubeconfig), standalone=True, liveness=None,
+def metrics_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def operator_settings(cluster, prometheus, metrics_port) -> Settings:
+    return Settings(metrics_address=f"127.0.0.1:{metrics_port}",kubeconfig=str(cluster.kubeconfig), standalone=True, liveness=None,
                     watch_server_timeout=60, watch_client_timeout=70, request_timeout=10,
                     log_level="INFO", log_format="plain", default_server_image="tokenscale/server:test",
                     prometheus_url=prometheus.url, prometheus_timeout=2.0, tick_seconds=1.0,
@@ -147,7 +157,19 @@ def _condition(cluster, name: str, kind: str) -> dict:
     return cluster.condition(NAMESPACE, name, kind) or {}
 
 
-def test_tokens_up_scales_up_outage_holds_recovery_scales_down(cluster, pools, prometheus):
+def _operator_metric(port: int, metric: str, name: str = "chat") -> float | None:
+    """One sample of the operator's own /metrics, scraped over HTTP as Prometheus would."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == metric and sample.labels.get("name", name) == name \
+                    and sample.labels.get("namespace", NAMESPACE) == NAMESPACE:
+                return sample.value
+    return None
+
+
+def test_tokens_up_scales_up_outage_holds_recovery_scales_down(cluster, pools, prometheus, metrics_port):
     chat = pools["chat"].start()
     chat.set_load(50.0)
     cluster.create_service(NAMESPACE, "chat", _spec())
@@ -159,6 +181,10 @@ def test_tokens_up_scales_up_outage_holds_recovery_scales_down(cluster, pools, p
              timeout=10, message="tokens/s of the fixture pods")
     assert _replicas(cluster, "chat") == 1
     assert _condition(cluster, "chat", "ScalingActive")["status"] == "True"
+    # The operator's own endpoint (a tick records it just after writing status).
+    wait_for(lambda: _operator_metric(metrics_port, "tokenscale_metrics_available") == 1, timeout=5,
+             message="tokenscale_metrics_available 1")
+    assert _operator_metric(metrics_port, "tokenscale_desired_replicas") == 1
 
     # More demand: 280 tok/s needs 3 replicas of 100.
     chat.set_load(280.0)
@@ -171,6 +197,11 @@ def test_tokens_up_scales_up_outage_holds_recovery_scales_down(cluster, pools, p
     events = wait_for(lambda: [e for e in cluster.events_for(NAMESPACE, "chat") if e.reason == "ScaledUp"],
                       message="a ScaledUp event")
     assert "-> 3" in events[-1].message  # 1 -> 3 at once, or via 2 while the rate window fills
+    # The operator's own endpoint tells the same story.
+    wait_for(lambda: _operator_metric(metrics_port, "tokenscale_desired_replicas") == 3, timeout=5,
+             message="tokenscale_desired_replicas 3")
+    assert _operator_metric(metrics_port, "tokenscale_scale_events_total") >= 1
+    assert _operator_metric(metrics_port, "tokenscale_prometheus_queries_total") > 0
     wait_for(lambda: chat.running == 3 and (_status(cluster, "chat").get("costPerMillionTokens") or 0) > 0,
              message="cost per million tokens")
 
@@ -182,6 +213,9 @@ def test_tokens_up_scales_up_outage_holds_recovery_scales_down(cluster, pools, p
     condition = _condition(cluster, "chat", "MetricsAvailable")
     assert condition["reason"] == "PrometheusUnavailable" and "unreachable" in condition["message"]
     assert _condition(cluster, "chat", "ScalingActive")["status"] == "False"
+    wait_for(lambda: _operator_metric(metrics_port, "tokenscale_metrics_available") == 0,
+             timeout=5, message="tokenscale_metrics_available 0")
+    assert _operator_metric(metrics_port, "tokenscale_prometheus_errors_total") > 0
     held_since = time.monotonic()
     while time.monotonic() - held_since < SCALE_DOWN_WINDOW + 2:
         assert _replicas(cluster, "chat") == 3, "replicas changed while metrics were unavailable"
