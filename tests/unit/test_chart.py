@@ -26,6 +26,7 @@ from tokenscale.cli import build_parser
 from tokenscale.commands import render_install
 from tokenscale.commands.run import settings_from_args
 from tokenscale.engines.metric_names import METRIC_NAMES
+from tokenscale.observability import OperatorMetrics
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "tokenscale"
@@ -41,8 +42,17 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "monitoring": {
             "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
             "podMonitor": {"enabled": True},
+            "operatorMonitor": {"enabled": True},
             "kubeStateMetrics": {"enabled": True},
         }
+    },
+    "monitoring-network-policy": {
+        "monitoring": {"operatorMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}}},
+        "networkPolicy": {
+            "enabled": True,
+            "prometheus": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+                           "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}},
+        },
     },
     "network-policy": {
         "networkPolicy": {
@@ -97,6 +107,7 @@ _MONITORING_SCHEMAS = {
                                 "port": {"type": "string"},
                                 "path": {"type": "string", "pattern": "^/"},
                                 "interval": {"type": "string", "pattern": "^([0-9]+(ms|s|m|h))+$"},
+                                "honorLabels": {"type": "boolean"},
                                 "relabelings": {
                                     "type": "array",
                                     "items": {
@@ -217,7 +228,8 @@ def validate_builtin(obj: dict[str, Any]) -> None:
 # --- lint, render, validate ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("scenario", ["defaults", "namespaced", "ha", "monitoring", "network-policy"])
+@pytest.mark.parametrize("scenario", ["defaults", "namespaced", "ha", "monitoring", "network-policy",
+                                      "monitoring-network-policy"])
 def test_helm_lint_strict_passes(scenario):
     report = helm_python.lint(CHART, SCENARIOS[scenario], strict=True)
     problems = [m for m in report["messages"] if m["severity"] >= 2]
@@ -262,6 +274,7 @@ def test_defaults_install_everything_for_all_namespaces(chart):
     assert settings.tick_seconds == 15 and settings.log_level == "INFO"
     assert (settings.rate_window, settings.long_rate_window) == ("1m", "5m")
     assert settings.liveness == "http://0.0.0.0:8080/healthz"
+    assert settings.metrics_address == "0.0.0.0:8081"
     deployment = one(objects, "Deployment")
     assert deployment["spec"]["replicas"] == 1
     assert one(objects, "PodDisruptionBudget")["spec"] == {
@@ -288,6 +301,7 @@ def test_the_operator_pod_is_hardened(chart):
     probe = container["livenessProbe"]["httpGet"]
     assert probe["path"] == "/healthz" and probe["port"] == "health"
     assert {"name": "health", "containerPort": 8080, "protocol": "TCP"} in container["ports"]
+    assert {"name": "metrics", "containerPort": 8081, "protocol": "TCP"} in container["ports"]
     assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]  # writable /tmp only
 
 
@@ -376,7 +390,8 @@ def test_network_policy_allows_only_dns_api_server_and_prometheus(chart):
 def test_pod_monitors_give_prometheus_the_service_label(chart):
     objects = render(chart, SCENARIOS["monitoring"])
     monitors = {m["metadata"]["name"]: m["spec"] for m in by_kind(objects, "PodMonitor")}
-    assert set(monitors) == {"tokenscale-serving", "tokenscale-serving-trtllm"}
+    assert set(monitors) == {"tokenscale-serving", "tokenscale-serving-trtllm", "tokenscale-operator"}
+    del monitors["tokenscale-operator"]
     paths = {name: spec["podMetricsEndpoints"][0]["path"] for name, spec in monitors.items()}
     assert paths == {"tokenscale-serving": "/metrics", "tokenscale-serving-trtllm": "/prometheus/metrics"}
     for spec in monitors.values():
@@ -389,9 +404,34 @@ def test_pod_monitors_give_prometheus_the_service_label(chart):
                             "watchNamespaces": ["a", "b"]})
     assert (run_settings(custom).service_label, run_settings(custom).namespace_label) == ("svc", "ns")
     for monitor in by_kind(custom, "PodMonitor"):
+        if monitor["metadata"]["name"] == "tokenscale-operator":
+            continue
         assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["a", "b"]}
         targets = {r["targetLabel"] for r in monitor["spec"]["podMetricsEndpoints"][0]["relabelings"]}
         assert {"svc", "ns"} <= targets
+
+
+def test_the_operator_monitor_scrapes_the_operators_metrics_port(chart):
+    assert not [m for m in by_kind(render(chart, {}), "PodMonitor")]  # off by default
+    objects = render(chart, SCENARIOS["monitoring-network-policy"])
+    (monitor,) = by_kind(objects, "PodMonitor")
+    assert monitor["metadata"]["name"] == "tokenscale-operator"
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    spec = monitor["spec"]
+    pod = one(objects, "Deployment")["spec"]["template"]
+    assert spec["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert spec["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    (endpoint,) = spec["podMetricsEndpoints"]
+    # The series' own namespace label (the InferenceService's) must survive the scrape.
+    assert endpoint == {"port": "metrics", "path": "/metrics", "interval": "30s", "honorLabels": True}
+    port = {p["name"]: p["containerPort"] for p in operator_container(objects)["ports"]}["metrics"]
+    assert run_settings(objects).metrics_address == f"0.0.0.0:{port}"
+    # With a NetworkPolicy, Prometheus (and only Prometheus) may reach that port.
+    health, metrics = one(objects, "NetworkPolicy")["spec"]["ingress"]
+    assert health == {"ports": [{"port": 8080, "protocol": "TCP"}]}
+    assert metrics["ports"] == [{"port": port, "protocol": "TCP"}]
+    assert metrics["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+                                "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}]
 
 
 # --- values schema -----------------------------------------------------------------------------------
@@ -410,6 +450,7 @@ def test_pod_monitors_give_prometheus_the_service_label(chart):
         ({"tickSeconds": 0}, "at '/tickSeconds'"),
         ({"labels": {"service": "tokenscale.io/service"}}, "at '/labels/service'"),
         ({"monitoring": {"prometheusRule": {"rateWindow": "one minute"}}}, "rateWindow"),
+        ({"monitoring": {"operatorMonitor": {"enable": True}}}, "additional properties 'enable' not allowed"),
     ],
 )
 def test_values_typos_are_rejected_with_a_clear_message(chart, values, message):
@@ -491,7 +532,7 @@ def test_promtool_checks_the_rendered_rules(chart, tmp_path):
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rule_groups(chart)))
     result = promtool("check", "rules", "rules.yaml", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 9 rules found" in result.stdout
+    assert "SUCCESS: 10 rules found" in result.stdout
 
 
 # Two services: a vLLM pod exporting the colon names, a second vLLM pod of the same service scraped as
@@ -514,11 +555,17 @@ tests:
         values: '5x10'
       - series: 'tgi_queue_size{namespace="ml",tokenscale_io_service="mistral",pod="m-a"}'
         values: '7x10'
-      - series: 'tokenscale_inferenceservice_status_condition{namespace="ml",name="llama",type="MetricsAvailable",reason="PrometheusUnreachable"}'
+      - series: 'tokenscale_metrics_available{namespace="ml",name="llama",pod="tokenscale-0"}'
         values: '1 1 0x10'
-      - series: 'tokenscale_inferenceservice_status_condition{namespace="ml",name="mistral",type="ScalingLimited",reason="Unschedulable"}'
+      - series: 'tokenscale_scaling_limited{namespace="ml",name="mistral",pod="tokenscale-0"}'
         values: '1x12'
-      - series: 'tokenscale_inferenceservice_status_condition{namespace="ml",name="mistral",type="MetricsAvailable",reason="Fresh"}'
+      - series: 'tokenscale_metrics_available{namespace="ml",name="mistral",pod="tokenscale-0"}'
+        values: '1x12'
+      - series: 'tokenscale_scaling_limited{namespace="ml",name="llama",pod="tokenscale-0"}'
+        values: '0x12'
+      - series: 'tokenscale_prometheus_errors_total{namespace="tokenscale-system",pod="tokenscale-0"}'
+        values: '0x5 1+1x20'
+      - series: 'tokenscale_inferenceservice_status_condition{namespace="ml",name="broken",type="Degraded",reason="InvalidSpec"}'
         values: '1x12'
     promql_expr_test:
       - expr: tokenscale_service:generated_tokens:rate1m
@@ -542,17 +589,34 @@ tests:
       - alertname: TokenscaleMetricsUnavailable
         eval_time: 12m
         exp_alerts:
-          - exp_labels: {severity: warning, namespace: ml, name: llama, type: MetricsAvailable, reason: PrometheusUnreachable}
+          - exp_labels: {severity: warning, namespace: ml, name: llama, pod: tokenscale-0}
             exp_annotations:
               summary: 'ml/llama: no serving metrics, autoscaling holds'
-              description: "The operator cannot read this InferenceService's signals from Prometheus (reason PrometheusUnreachable). It holds the replica count and never scales down on missing data; check Prometheus and the pods' scraping."
+              description: "The operator cannot read this InferenceService's signals from Prometheus (kubectl describe tsvc shows why: condition MetricsAvailable). It holds the replica count and never scales down on missing data; check Prometheus and the pods' scraping."
       - alertname: TokenscaleScalingLimited
         eval_time: 11m
         exp_alerts:
-          - exp_labels: {severity: warning, namespace: ml, name: mistral, type: ScalingLimited, reason: Unschedulable}
+          - exp_labels: {severity: warning, namespace: ml, name: mistral, pod: tokenscale-0}
             exp_annotations:
-              summary: 'ml/mistral: scaling is limited (Unschedulable)'
-              description: 'The autoscaler wants a replica count it cannot reach: maxReplicas, or pods that cannot be scheduled (no free GPU). Demand may be going unserved.'
+              summary: 'ml/mistral: scaling is limited'
+              description: 'The autoscaler wants a replica count it cannot reach: maxReplicas, or pods that cannot be scheduled (no free GPU). Demand may be going unserved; the condition ScalingLimited says which.'
+      - alertname: TokenscalePrometheusQueriesFailing
+        eval_time: 9m
+        exp_alerts: []
+      - alertname: TokenscalePrometheusQueriesFailing
+        eval_time: 17m
+        exp_alerts:
+          - exp_labels: {severity: warning, namespace: tokenscale-system, pod: tokenscale-0}
+            exp_annotations:
+              summary: 'tokenscale operator tokenscale-0 cannot query Prometheus'
+              description: "The operator's signal reads from Prometheus fail, so every autoscaled InferenceService holds its replica count. Check prometheus.url, its auth, and the NetworkPolicy."
+      - alertname: TokenscaleDegraded
+        eval_time: 11m
+        exp_alerts:
+          - exp_labels: {severity: critical, namespace: ml, name: broken, type: Degraded, reason: InvalidSpec}
+            exp_annotations:
+              summary: 'ml/broken is degraded (InvalidSpec)'
+              description: 'The operator cannot realise this InferenceService; kubectl describe tsvc shows the message.'
 """
 
 
@@ -566,8 +630,11 @@ def test_promtool_unit_tests_the_rules(chart, tmp_path):
 
 
 
-def test_kube_state_metrics_config_exports_what_the_alerts_read(chart):
-    """The alerts' metric comes from the chart's kube-state-metrics config, from fields the CRD has."""
+def test_every_alert_reads_a_metric_the_operator_or_kube_state_metrics_exports(chart):
+    """Each alert's metric is one the operator serves (tokenscale.observability) or, for Degraded, the
+    chart's kube-state-metrics config exports from fields the CRD has."""
+    served = {sample.name for family in OperatorMetrics().registry.collect() for sample in family.samples}
+    served |= {family.name + suffix for family in OperatorMetrics().registry.collect() for suffix in ("", "_total")}
     objects = render(chart, SCENARIOS["monitoring"])
     (config_map,) = [o for o in by_kind(objects, "ConfigMap") if o["metadata"]["name"].endswith("kube-state-metrics")]
     config = yaml.safe_load(config_map["data"]["tokenscale.yaml"])
@@ -576,6 +643,14 @@ def test_kube_state_metrics_config_exports_what_the_alerts_read(chart):
     assert resource["groupVersionKind"] == {"group": "tokenscale.io", "version": "v1alpha1", "kind": "InferenceService"}
     exported = {f"{resource['metricNamePrefix']}_{m['name']}": m["each"]["gauge"] for m in resource["metrics"]}
     alerts = [r for g in rule_groups(chart)["groups"] for r in g["rules"] if "alert" in r]
+    from_operator = [a for a in alerts if not a["expr"].startswith("tokenscale_inferenceservice_")]
+    assert {a["alert"] for a in from_operator} == {
+        "TokenscaleMetricsUnavailable", "TokenscaleScalingLimited", "TokenscalePrometheusQueriesFailing"}
+    for alert in from_operator:
+        metric = alert["expr"].removeprefix("rate(").split("[")[0].split(" ")[0]
+        assert metric in served, metric
+    alerts = [a for a in alerts if a not in from_operator]
+    assert [a["alert"] for a in alerts] == ["TokenscaleDegraded"]
     for alert in alerts:
         assert alert["expr"].split("{")[0] in exported
     crd_status = yaml.safe_load((REPO / "crds" / "tokenscale.io_inferenceservices.yaml").read_text())[
