@@ -36,8 +36,10 @@ def replica_settings(cluster: Cluster) -> Settings:
     env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
     with mock.patch.dict(os.environ, env, clear=True):
         settings = settings_from_args(build_parser("run").parse_args(container["args"]))
-    # Only what cannot hold outside a cluster changes: the kubeconfig, no liveness port.
-    return settings.replace(kubeconfig=str(cluster.kubeconfig), liveness=None)
+    # Only what cannot hold outside a cluster changes: the kubeconfig, no liveness or metrics port
+    # (both replicas share this process, pods would each have their own address).
+    assert settings.metrics_address == "0.0.0.0:8081"
+    return settings.replace(kubeconfig=str(cluster.kubeconfig), liveness=None, metrics_address=None)
 
 
 def peers(cluster: Cluster) -> dict[str, Any]:
