@@ -10,6 +10,7 @@ stale alert.
 from __future__ import annotations
 
 import math
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -114,9 +115,12 @@ class OperatorMetrics:
     def serve(self, address: str) -> tuple[str, int]:
         """Serve /metrics on HOST:PORT in a daemon thread; returns the bound address (port 0 picks one)."""
         handler = type("Handler", (_MetricsHandler,), {"registry": self.registry})
-        self._server = ThreadingHTTPServer(parse_address(address), handler)
+        host, port = parse_address(address)
+        server_class = _IPv6Server if ":" in host else ThreadingHTTPServer
+        self._server = server_class((host, port), handler)
         self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True).start()
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="metrics",
+                         daemon=True).start()  # a short poll: close() returns quickly
         host, port = self._server.server_address[:2]
         return str(host), int(port)
 
@@ -132,6 +136,10 @@ def _remove(metric: Any, labels: tuple[str, ...]) -> None:
         metric.remove(*labels)
     except KeyError:
         pass
+
+
+class _IPv6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
 
 
 class _MetricsHandler(BaseHTTPRequestHandler):

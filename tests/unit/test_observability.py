@@ -118,3 +118,16 @@ def test_addresses_parse(address, parsed):
 def test_bad_addresses_are_refused(address):
     with pytest.raises(ValueError, match="--metrics-address"):
         parse_address(address)
+
+
+def test_an_ipv6_address_is_served():
+    metrics = OperatorMetrics()
+    try:
+        host, port = metrics.serve("[::1]:0")
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    try:
+        record(metrics, "llama")
+        assert scrape(f"http://[{host}]:{port}/metrics")["tokenscale_desired_replicas", service("ml", "llama")] == 3
+    finally:
+        metrics.close()
