@@ -176,6 +176,13 @@ def cost_per_million_tokens(spec: InferenceServiceSpec, replicas: int, tokens_pe
     return round(dollars_per_second / tokens_per_second * 1e6, 4)
 
 
+def seconds_to_next_tick(now: float, tick_seconds: float) -> float:
+    """Time to the next multiple of the tick on the wall clock. Ticks on a fixed grid do not drift
+    by their own duration (a tick every `tick + duration` would add to the reaction time), and the
+    services of one operator tick together, so they share one snapshot of the signals."""
+    return tick_seconds - (now % tick_seconds)
+
+
 class Autoscaler:
     """Ticks of all services of one operator: shares the snapshot, the clients, the clock."""
 

@@ -9,6 +9,7 @@ the kubernetes client in `memo.kube` (set at startup).
 from __future__ import annotations
 
 import copy
+import time
 from typing import Any
 
 import kopf
@@ -171,8 +172,8 @@ def _autoscaler(memo: Any) -> autoscaler.Autoscaler:
 
 @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=5.0)
 async def autoscale(body: kopf.Body, stopped: kopf.DaemonStopped, memo: Any, logger: Any, **_: Any) -> None:
-    """The autoscaling timer: every tick_seconds (read each round, so a reconfigured operator or a
-    test harness needs no re-import), decide from the shared signal snapshot and act."""
+    """The autoscaling timer: on every multiple of tick_seconds (read each round, so a reconfigured
+    operator or a test harness needs no re-import), decide from the shared signal snapshot and act."""
     scaler = _autoscaler(memo)
     while not stopped:
         try:
@@ -181,5 +182,5 @@ async def autoscale(body: kopf.Body, stopped: kopf.DaemonStopped, memo: Any, log
                                                                              message=message))
         except Exception as error:  # a failed tick must not end the timer: log it, try next tick
             logger.warning(f"autoscaling tick failed: {type(error).__name__}: {error}")
-        await stopped.wait(_settings(memo).tick_seconds)
+        await stopped.wait(autoscaler.seconds_to_next_tick(time.time(), _settings(memo).tick_seconds))
     scaler.forget(body.metadata.namespace, body.metadata.name)  # deleted, or this replica paused

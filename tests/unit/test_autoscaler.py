@@ -68,3 +68,11 @@ def test_cost_per_million_tokens():
     assert cost_per_million_tokens(spec, 3, None) is None and cost_per_million_tokens(spec, 3, math.nan) is None
     unpriced = parse_spec({"model": {"source": "m"}})
     assert cost_per_million_tokens(unpriced, 3, 1000.0) is None
+
+
+@pytest.mark.parametrize(("now", "tick", "expected"), [(100.0, 15.0, 5.0), (105.0, 15.0, 15.0), (11.5, 2.0, 0.5)])
+def test_ticks_fall_on_a_fixed_grid_whatever_a_tick_took(now, tick, expected):
+    from tokenscale.autoscaler import seconds_to_next_tick
+
+    assert seconds_to_next_tick(now, tick) == pytest.approx(expected)
+    assert (now + seconds_to_next_tick(now, tick)) % tick == pytest.approx(0.0, abs=1e-9)
