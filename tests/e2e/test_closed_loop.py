@@ -89,9 +89,11 @@ def test_load_step_scales_up_fast_and_back_down(tmp_path: Path, tiny_model: Path
     assert ups[0]["reason"], context
     # ... and the first scale-up comes within one tick plus two scrape intervals of the load
     # crossing capacity (timed when the kubelet saw the Deployment change, so up to one poll late).
+    # The trace steps at IDLE_S, so that is the crossing; the summary's own estimate (a centred
+    # window over the planned arrivals, for traces of any shape) must place it just before.
     assert IDLE_S - 1.0 <= summary["load_crossed_capacity_at_s"] <= IDLE_S, context
     assert summary["reaction_seconds"] is not None, context
-    assert summary["reaction_seconds"] <= TICK + 2 * SCRAPE + KUBELET_POLL, context
+    assert ups[0]["t"] - IDLE_S <= TICK + 2 * SCRAPE + KUBELET_POLL, context
     assert summary["max_ready_replicas"] >= 2, context
 
     # After the load stops the replicas return to the minimum, not before the stabilisation window.
