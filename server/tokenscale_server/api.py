@@ -33,6 +33,7 @@ COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # the OpenAI legacy completions default
 class ServerSettings:
     model: str
     served_model_names: list[str]
+    revision: str | None = None  # hub revision (branch, tag or commit) of a hub id
     device: str = "auto"
     dtype: str = "auto"
     max_batch: int | None = None
@@ -86,7 +87,8 @@ def load_engine(state: ServerState) -> None:
     try:
         started = time.monotonic()
         device = resolve_device(settings.device)
-        loaded = load_model(settings.model, device, resolve_dtype(settings.dtype, device))
+        loaded = load_model(settings.model, device, resolve_dtype(settings.dtype, device),
+                            revision=settings.revision)
         max_batch, max_model_len = derive_limits(loaded, settings.max_batch, settings.max_model_len)
         budget = settings.token_budget or max(512, 2 * max_batch)
         config = EngineConfig(max_batch=max_batch, max_model_len=max_model_len, token_budget=budget,

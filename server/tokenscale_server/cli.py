@@ -16,6 +16,7 @@ log = logging.getLogger("tokenscale_server")
 def _add_serve(sub) -> None:
     p = sub.add_parser("serve", help="serve a model over the OpenAI API")
     p.add_argument("--model", required=True, help="a local model directory or a Hugging Face hub id")
+    p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit) of a hub id")
     p.add_argument("--served-model-name", nargs="+", action="extend", default=None, metavar="NAME",
                    help="name(s) clients use in `model`; the first is the metrics label (default: --model)")
     p.add_argument("--host", default="0.0.0.0")
@@ -45,12 +46,16 @@ def _add_tiny(sub) -> None:
     p.add_argument("directory")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tokenscale-server", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_serve(sub)
     _add_tiny(sub)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.command == "tiny-model":
         from .tiny_model import build
 
@@ -103,6 +108,7 @@ def serve(args: argparse.Namespace) -> int:
     settings = ServerSettings(
         model=args.model,
         served_model_names=args.served_model_name or [args.model],
+        revision=args.revision,
         device=args.device, dtype=args.dtype, max_batch=args.max_batch, max_model_len=args.max_model_len,
         token_budget=args.token_budget, max_waiting=args.max_waiting,
         api_key=args.api_key or os.environ.get("TOKENSCALE_API_KEY") or None,

@@ -35,13 +35,13 @@ class LoadedModel:
     dtype: torch.dtype
 
 
-def load_model(source: str, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+def load_model(source: str, device: torch.device, dtype: torch.dtype, revision: str | None = None) -> LoadedModel:
     """Load from a local directory or a hub id (production downloads; tests use a local directory)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(source)
+    tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
     # sdpa takes the boolean 4-D masks built below; eager attention would add them as floats.
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation="sdpa")
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation="sdpa", revision=revision)
     model.to(device).eval()
     family = getattr(model.config, "model_type", "")
     if family not in SUPPORTED_FAMILIES:

@@ -178,3 +178,13 @@ def test_builtin_runs_as_the_server_images_own_user():
     user = [line.split()[1] for line in dockerfile.splitlines() if line.startswith("USER ")][-1]
     adapter = ADAPTERS[EngineType.builtin]
     assert user == f"{adapter.non_root_uid}:{adapter.non_root_uid}"
+
+
+def test_a_pinned_revision_reaches_the_builtin_server_and_its_command_line_accepts_it():
+    from tokenscale_server.cli import build_parser
+
+    spec = spec_for("builtin", model={"source": "Qwen/Qwen2.5-0.5B-Instruct", "revision": "v1.0"})
+    container = adapter_for("builtin").container(spec)
+    assert value_after(container["args"], "--revision") == "v1.0"
+    parsed = build_parser().parse_args([*container["command"][1:], *container["args"]])
+    assert parsed.revision == "v1.0" and parsed.model == "Qwen/Qwen2.5-0.5B-Instruct"

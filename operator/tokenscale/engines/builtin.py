@@ -32,5 +32,6 @@ class BuiltinAdapter(EngineAdapter):
             "--port", str(self.port),
             "--max-batch", str(spec.engine.max_batch_size),
             *flag("--max-model-len", spec.engine.max_model_len),
+            *flag("--revision", spec.model.revision),
             "--drain-timeout", str(self.termination_grace_seconds - self.drain_seconds - 10),
         ]  # fmt: skip
