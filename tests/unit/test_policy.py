@@ -442,7 +442,8 @@ def test_burst_headroom_holds_a_multiple_of_the_baseline_demand():
 
 def test_a_burst_does_not_raise_its_own_headroom():
     # The window's low (1,000 tok/s) sets the headroom; the burst is sized by the target alone, and
-    # only once the pods show overload (a queue): until then the headroom serves it.
+    # only once the pods show overload (a queue, or the KV cache full): until then the headroom
+    # serves it.
     history = lows((NOW - 600, 1000.0))
     quiet = run(signals(6000), 4, history=history, burst_headroom=4)
     assert quiet.recommendations["headroom"] == 4
@@ -463,6 +464,19 @@ def test_the_headroom_follows_the_baseline_down_and_up():
     # A low older than the window no longer counts: the baseline rises to what the window saw.
     later = run(signals(4000), 4, history=history, now=NOW + 1300, burst_headroom=4, burst_window_seconds=1800)
     assert later.recommendations["headroom"] == 12  # 4 x 3,000 tok/s (the 1,000 one left the window)
+
+
+def test_the_headroom_keeps_the_count_while_it_moves_within_the_tolerance():
+    # The low wanders with the traffic's noise; a hold that moves by less than the tolerance band
+    # keeps the count, so the ceiling of a noisy estimate does not flip it by one replica.
+    history = lows((NOW - 600, 1000.0))
+    inside = run(signals(1050), 4, history=history, burst_headroom=4.2)  # 4,200 tok/s: 4.2 at 1,000
+    assert inside.recommendations["headroom"] == 4
+    check(inside, 4, "headroom")
+    outside = run(signals(1050), 4, history=history, burst_headroom=4.6)  # 4,600: above 4 x 1.1
+    check(outside, 5, "headroom")
+    below = run(signals(1050), 6, history=history, burst_headroom=4.2)  # under 6 x 0.9: sized anew
+    assert below.recommendations["headroom"] == 5
 
 
 def test_without_burst_headroom_nothing_is_recorded():

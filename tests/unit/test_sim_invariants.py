@@ -118,13 +118,26 @@ def test_cpu_tiny_profile_is_known_and_saturates():
         get_profile("nonexistent")
 
 
-def test_the_warm_up_replays_the_start_and_is_not_measured():
+def test_the_warm_up_replays_the_end_and_is_not_measured():
     workload = _steady(3.0, 900)
     sim = Simulation(workload, H100_LLAMA_8B, SimConfig(warmup_s=300))
     result = sim.run(StaticReplicas(2))
-    prefix = int((workload.arrival_s < 300).sum())
-    assert len(sim.workload) == len(workload) + prefix
+    tail = workload.arrival_s[workload.arrival_s >= workload.duration_s - 300][:-1]  # the last is t=0's
+    assert len(sim.workload) == len(workload) + len(tail)
+    # the trace's last 300 s, then the trace itself from t = 300 s
+    assert np.allclose(sim.workload.arrival_s[: len(tail)], tail - (workload.duration_s - 300))
+    assert np.array_equal(sim.workload.arrival_s[len(tail):], workload.arrival_s + 300)
     assert result.requests == len(workload) and result.served + result.dropped == len(workload)
     # GPU time is counted from the end of the warm-up: 2 replicas over the trace (plus its tail)
     assert result.gpu_hours * 3600 == pytest.approx(2 * workload.duration_s, abs=10)
     assert result.timeline["time"][0] < 0 <= result.timeline["time"][-1]
+
+
+def test_a_trace_shorter_than_the_warm_up_is_repeated_to_fill_it():
+    workload = _steady(3.0, 200)
+    warm = workload.with_warmup(500)
+    prelude = warm.arrival_s[warm.arrival_s < 500]
+    one_period = int((workload.arrival_s < workload.duration_s).sum())
+    assert len(prelude) == pytest.approx(one_period * 500 / workload.duration_s, rel=0.05)
+    assert prelude.min() < 5 and prelude.max() < 500 and np.all(np.diff(prelude) >= 0)
+    assert len(warm) - len(prelude) == len(workload)

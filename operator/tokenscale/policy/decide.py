@@ -217,7 +217,15 @@ def _from_signals(
     if spec.burst_headroom > 1 or spec.burst_baseline == BurstBaseline.Peak:  # burst headroom
         history = add_demand_sample(history, now, demand.generated, spec)
         baseline = baseline_demand(history, now, spec) or 0.0
-        recommendations["headroom"] = replicas_for(spec.burst_headroom * baseline, capacity_per_replica)
+        # The baseline wanders with the traffic's noise; within the tolerance band of the current
+        # capacity the count stays, so the ceiling does not flip it (each flip up would be held
+        # for the scale-down window).
+        held = spec.burst_headroom * baseline
+        serving = current * capacity_per_replica
+        if serving * (1 - tolerance) <= held <= serving * (1 + tolerance):
+            recommendations["headroom"] = current
+        else:
+            recommendations["headroom"] = replicas_for(held, capacity_per_replica)
     result = Outcome(current, recommendations)
 
     # Tolerance and small-count hysteresis on the tokens rule: up only above the band; down only to

@@ -2,7 +2,7 @@
 
 For every (trace, policy) the policy's main target is searched on a geometric grid, from its
 cheapest plausible setting towards more capacity, until >= `slo` of requests meet the TTFT
-target; the step before and after are then bisected twice. The cheapest passing setting's
+target; the step before and after are then bisected three times. The cheapest passing setting's
 GPU-hours are the policy's cost at the SLO. Each (trace, policy) search is one task, so two
 worker processes split the run.
 """
@@ -161,7 +161,7 @@ def _search(policy, workload, profile, spec, config, slo, quick, options) -> Tun
     probe = Simulation(workload, profile, config)
     start, factor, _ = _search_space(policy, probe, spec, quick, options)
     steps = 6 if quick else 10
-    refine = 1 if quick else 2
+    refine = 1 if quick else 3
     cost_cap = COST_CAP_OVER_PEAK * peak_provisioning_gpu_hours(probe)
     failing, passing = None, None
     target = start

@@ -63,17 +63,26 @@ class Workload:
         return _finish(f"{self.name}-x{factor:g}", arrivals, self.input_tokens[index], self.output_tokens[index])
 
     def with_warmup(self, warmup_s: float) -> Workload:
-        """The first `warmup_s` of the trace, then the whole trace after it: the simulator replays
-        the prefix so every policy has its metric windows and history filled when the measured
-        part begins at `warmup_s` (a live service has been running before any hour one looks at)."""
-        if warmup_s <= 0:
+        """The trace's last `warmup_s`, then the whole trace: the simulator replays that tail first,
+        unmeasured, so every policy has its metric windows and history filled when the measured part
+        begins at `warmup_s` (a live service has been running before any hour one looks at). The
+        trace is taken as one period of its traffic (its last arrival falls on the next period's
+        first): the warm-up flows into the start as the end of a day flows into the next, no burst of
+        the trace's first minutes is replayed just before it, and a trace shorter than the warm-up
+        is repeated to fill it."""
+        period = self.duration_s
+        if warmup_s <= 0 or period <= 0:
             return self
-        prefix = self.slice(0.0, warmup_s)
+        copies = math.ceil(warmup_s / period)
+        one = self.slice(0.0, period)  # [0, period): the last arrival is the next copy's first
+        looped = np.concatenate([one.arrival_s + i * period for i in range(copies)])
+        keep = looped >= copies * period - warmup_s
+        repeat = np.tile(np.arange(len(one)), copies)[keep]
         return Workload(
             self.name,
-            np.concatenate([prefix.arrival_s, self.arrival_s + warmup_s]),
-            np.concatenate([prefix.input_tokens, self.input_tokens]),
-            np.concatenate([prefix.output_tokens, self.output_tokens]),
+            np.concatenate([looped[keep] - (copies * period - warmup_s), self.arrival_s + warmup_s]),
+            np.concatenate([one.input_tokens[repeat], self.input_tokens]),
+            np.concatenate([one.output_tokens[repeat], self.output_tokens]),
         )
 
     def slice(self, start_s: float, end_s: float) -> Workload:
