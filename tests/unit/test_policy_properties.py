@@ -133,6 +133,15 @@ def test_more_demand_never_fewer_replicas(run, more_tokens, more_queue):
         assert decide(busier, spec, state, history, now).desired >= decision.desired
 
 
+def towards_zero(spec, decision, now) -> bool:
+    """The decision steps towards zero after the idle window (the rate limit may cut the step)."""
+    zero_after = spec.scale_to_zero_after_seconds
+    if zero_after is None:
+        zero_after = spec.scale_down.stabilization_seconds
+    idle_since = decision.history.idle_since
+    return spec.min_replicas == 0 and idle_since is not None and now - idle_since >= zero_after
+
+
 def check_scale_down_respects_rate_and_window(spec, ticks):
     window = spec.scale_down.stabilization_seconds
     first_time = ticks[0][0]
@@ -144,8 +153,8 @@ def check_scale_down_respects_rate_and_window(spec, ticks):
         step = max(math.floor(state.current * spec.scale_down.max_step_percent / 100),
                    spec.scale_down.max_step_pods)
         assert decision.desired >= state.current - step, decision.reason
-        if decision.limited_by == "scaleToZero":
-            continue  # the idle window, not the stabilisation window, governs the step to zero
+        if decision.limited_by == "scaleToZero" or towards_zero(spec, decision, now):
+            continue  # the idle window, not the stabilisation window, governs the steps to zero
         if decision.limited_by in ("maxReplicas", "minReplicas"):
             continue  # bounds after a spec change
         assert now - first_time >= window, decision.reason

@@ -27,9 +27,13 @@ spec:
 
 
 def test_quick_bench_writes_the_documented_json(tmp_path):
-    out = tmp_path / "bench.json"
-    assert main(["bench", "autoscaling", "--quick", "--json", str(out)]) == 0
+    out, table = tmp_path / "bench.json", tmp_path / "table.md"
+    assert main(["bench", "autoscaling", "--quick", "--json", str(out), "--markdown", str(table)]) == 0
     report = json.loads(out.read_text())
+    assert report["settings"]["cluster_seeds"] == 1
+    lines = table.read_text().splitlines()
+    assert lines[0].startswith("| trace | 1-min peak/mean | policy | GPU-h at SLO | within SLO | worst seed |")
+    assert len(lines) == 2 + 4 * len(POLICY_NAMES) and all(line.count("|") == 12 for line in lines)
     assert [t["trace"] for t in report["traces"]] == ["poisson", "bursty", "diurnal", "flash-crowd"]
     for trace in report["traces"]:
         assert set(trace) == {"trace", "peak_to_mean", "policies"}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -141,3 +143,25 @@ def test_a_trace_shorter_than_the_warm_up_is_repeated_to_fill_it():
     assert len(prelude) == pytest.approx(one_period * 500 / workload.duration_s, rel=0.05)
     assert prelude.min() < 5 and prelude.max() < 500 and np.all(np.diff(prelude) >= 0)
     assert len(warm) - len(prelude) == len(workload)
+
+
+def test_seeds_draw_their_own_startups_and_pool_their_requests():
+    # Too few replicas for the bursts, so the startup draws matter: each seed is its own run, and
+    # the combined result's attainment is that of all their requests together.
+    from tokenscale.sim.bench import simulate_seeds
+
+    workload = wl.bursty(5, 60, 900, on_s=60, off_s=240, seed=3)
+    spec = AutoscalingSpec(max_replicas=6)
+    profile = H100_LLAMA_8B.with_overrides(startup_s=40, startup_spread_s=20)
+    config = SimConfig(tail_limit_s=120, warmup_s=0)
+    singles = [
+        simulate_seeds("hpa", 2000.0, spec, {}, workload, profile, dataclasses.replace(config, seed=k), 1)
+        for k in range(3)
+    ]
+    pooled = simulate_seeds("hpa", 2000.0, spec, {}, workload, profile, config, 3)
+    assert len({round(r.gpu_hours, 6) for r in singles}) > 1  # the seeds differ
+    assert pooled.seeds == 3 and pooled.requests == 3 * len(workload)
+    within = sum(r.slo_attainment * r.requests for r in singles)
+    assert pooled.slo_attainment == pytest.approx(within / pooled.requests)
+    assert pooled.worst_seed_attainment == min(r.slo_attainment for r in singles)
+    assert pooled.gpu_hours == pytest.approx(np.mean([r.gpu_hours for r in singles]))

@@ -9,6 +9,7 @@ worker processes split the run.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -23,13 +24,14 @@ from tokenscale.api import AutoscalingSpec
 from . import workload as wl
 from .autoscalers import BASELINE_NAMES, POLICY_NAMES, make_autoscaler
 from .profiles import ReplicaProfile, get_profile
-from .results import SimResult
+from .results import SimResult, combine
 from .simulator import SimConfig, Simulation, request_work_per_second
 
 SLO_ATTAINMENT = 0.99
 MEAN_REPLICAS = 4.0  # every trace is scaled to need this many replicas on average (at saturation)
 MAX_REPLICAS = 256
 COST_CAP_OVER_PEAK = 2.0
+SEEDS = 3  # cluster seeds per setting: replica startup times drawn three ways
 ORACLE_SMOOTHING_S = (4.0, 30.0)
 TOKENSCALE_CAPACITY_SHARE = 0.8  # tokenscale's target while its burst headroom is searched
 REQUEST_TRACES = ("azure2023_code_1h.csv", "azure2023_conv_1h.csv", "mooncake_fast25_conversation_1h.csv")
@@ -121,11 +123,12 @@ def tune(
     config: SimConfig = SimConfig(),
     slo: float = SLO_ATTAINMENT,
     quick: bool = False,
+    seeds: int = 1,
 ) -> Tuned:
     runs: list[SimResult] = []
 
     def run(target: float) -> SimResult:
-        result = Simulation(workload, profile, config).run(make_autoscaler(policy, target, spec))
+        result = simulate_seeds(policy, target, spec, {}, workload, profile, config, seeds)
         runs.append(result)
         return result
 
@@ -133,7 +136,7 @@ def tune(
         return _tune_static(run, runs, workload, profile, config, spec, slo)
     if policy == "oracle":  # the lower bound: the best of a short and a long planning average
         tuned = [
-            _search(policy, workload, profile, spec, config, slo, quick, {"smooth_s": smooth})
+            _search(policy, workload, profile, spec, config, slo, quick, {"smooth_s": smooth}, seeds)
             for smooth in ORACLE_SMOOTHING_S
         ]
         return _pick(policy, [r for t in tuned for r in t.runs], slo)
@@ -141,20 +144,32 @@ def tune(
         # window's low or peak) at the measured capacity (the searches' common start, 0.8x saturation)
         capacity = TOKENSCALE_CAPACITY_SHARE * Simulation(workload, profile, config).reference_capacity_tps
         tuned = [
-            _search(policy, workload, profile, spec, config, slo, quick, options)
+            _search(policy, workload, profile, spec, config, slo, quick, options, seeds)
             for options in ({}, {"headroom_at": capacity, "baseline": "Low"},
                             {"headroom_at": capacity, "baseline": "Peak"})
         ]
         return _pick(policy, [r for t in tuned for r in t.runs], slo)
-    return _search(policy, workload, profile, spec, config, slo, quick, {})
+    return _search(policy, workload, profile, spec, config, slo, quick, {}, seeds)
 
 
-def _search(policy, workload, profile, spec, config, slo, quick, options) -> Tuned:
+def simulate_seeds(policy, target, spec, options, workload, profile, config, seeds) -> SimResult:
+    """One setting run on `seeds` cluster seeds (each draws its own replica startup times), as one
+    result: the requests of all runs pooled (attainment), the means of the rest. A dynamic policy's
+    attainment moves by points with the startup draws; one seed would reward a lucky draw."""
+    results = [
+        Simulation(workload, profile, dataclasses.replace(config, seed=config.seed + k)).run(
+            make_autoscaler(policy, target, spec, **options)
+        )
+        for k in range(seeds)
+    ]
+    return combine(results)
+
+
+def _search(policy, workload, profile, spec, config, slo, quick, options, seeds=1) -> Tuned:
     runs: list[SimResult] = []
 
     def run(target: float) -> SimResult:
-        autoscaler = make_autoscaler(policy, target, spec, **options)
-        result = Simulation(workload, profile, config).run(autoscaler)
+        result = simulate_seeds(policy, target, spec, options, workload, profile, config, seeds)
         runs.append(result)
         return result
 
@@ -246,11 +261,12 @@ def default_traces(traces_dir: Path | None, explicit: Iterable[str] = ()) -> lis
     return specs
 
 
-def _task(trace: TraceSpec, policy: str, profile_name: str, spec_json: dict, config: SimConfig, quick: bool):
+def _task(trace: TraceSpec, policy: str, profile_name: str, spec_json: dict, config: SimConfig, quick: bool,
+          seeds: int):
     profile = get_profile(profile_name)
     spec = AutoscalingSpec.model_validate(spec_json)
     workload = build_workload(trace, profile_name)
-    tuned = tune(policy, workload, profile, spec, config=config, quick=quick)
+    tuned = tune(policy, workload, profile, spec, config=config, quick=quick, seeds=seeds)
     return trace, policy, workload.peak_to_mean(60.0), tuned
 
 
@@ -267,12 +283,13 @@ def run_benchmark(
     config: SimConfig = SimConfig(),
     workers: int = 2,
     quick: bool = False,
+    seeds: int = SEEDS,
     on_done: Callable[[str, str], None] | None = None,
 ) -> dict:
     """Run every (trace, policy) search; return the JSON-ready report."""
     policies = list(policies)
     spec_json = bench_spec().model_dump(by_alias=True, mode="json")
-    tasks = [(t, p, profile_name, spec_json, config, quick) for t in traces for p in policies]
+    tasks = [(t, p, profile_name, spec_json, config, quick, seeds) for t in traces for p in policies]
     found: dict[tuple[str, str], tuple[float, Tuned]] = {}
     if workers <= 1:
         for task in tasks:
@@ -288,7 +305,7 @@ def run_benchmark(
                 found[(trace.name, policy)] = (ratio, tuned)
                 if on_done:
                     on_done(trace.name, policy)
-    return _report(traces, policies, found, profile_name, config)
+    return _report(traces, policies, found, profile_name, config, seeds)
 
 
 def _ratio(value: float | None, reference: float | None) -> float | None:
@@ -297,7 +314,7 @@ def _ratio(value: float | None, reference: float | None) -> float | None:
     return round(value / reference, 4)
 
 
-def _report(traces, policies, found, profile_name, config) -> dict:
+def _report(traces, policies, found, profile_name, config, seeds) -> dict:
     entries = []
     all_details = []
     for trace in traces:
@@ -346,5 +363,6 @@ def _report(traces, policies, found, profile_name, config) -> dict:
             "scrape_interval_s": config.metrics.scrape_interval_s,
             "rate_windows_s": [config.metrics.short_window_s, config.metrics.long_window_s],
             "gpu_price_per_hour": profile.gpu_price_per_hour,
+            "cluster_seeds": seeds,
         },
     }

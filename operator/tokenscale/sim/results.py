@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -38,6 +38,8 @@ class SimResult:
     generated_tokens: float
     cost_per_million_tokens: float
     gpu_price_per_hour: float
+    seeds: int = 1  # cluster seeds pooled into this result (combine)
+    worst_seed_attainment: float | None = None  # the lowest of their attainments
     timeline: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def to_dict(self, *, timeline: bool = False) -> dict:
@@ -106,4 +108,40 @@ def summarise(sim: Simulation, autoscaler: Autoscaler, gpu_seconds: float, end_s
         cost_per_million_tokens=gpu_hours * price / (tokens / 1e6) if tokens else float("nan"),
         gpu_price_per_hour=price,
         timeline=timeline,
+    )
+
+
+def combine(results: list[SimResult]) -> SimResult:
+    """Runs of one setting on several cluster seeds as one result: counts summed (so the attainment
+    is that of all their requests together), measures averaged, the first run's timeline."""
+    if len(results) == 1:
+        return results[0]
+    first = results[0]
+
+    def mean(name: str) -> float:
+        return float(np.mean([getattr(r, name) for r in results]))
+
+    requests = sum(r.requests for r in results)
+    within = sum(r.slo_attainment * r.requests for r in results)
+    reasons: dict[str, int] = {}
+    for r in results:
+        for name, count in r.dropped_by_reason.items():
+            reasons[name] = reasons.get(name, 0) + count
+    averaged = {
+        name: mean(name)
+        for name in ("gpu_hours", "duration_s", "mean_replicas", "ttft_p50_s", "ttft_p95_s", "ttft_p99_s",
+                     "queue_wait_mean_s", "queue_wait_p99_s", "generated_tokens", "cost_per_million_tokens")
+    }
+    return replace(
+        first,
+        requests=requests,
+        served=sum(r.served for r in results),
+        dropped=sum(r.dropped for r in results),
+        dropped_by_reason=reasons,
+        slo_attainment=within / requests if requests else 0.0,
+        scale_events=round(mean("scale_events")),
+        reversals=round(mean("reversals")),
+        seeds=len(results),
+        worst_seed_attainment=min(r.slo_attainment for r in results),
+        **averaged,
     )
