@@ -137,6 +137,18 @@ def test_bounds_tolerance_and_hysteresis(case, tps, current, desired, limited_by
     assert decision.scaling_limited == (limited_by == "maxReplicas")
 
 
+def test_a_rising_load_scales_up_at_the_target_itself():
+    # The band's upper half is against noise; with the 1-minute rate above the 5-minute one the load
+    # is rising, and the count goes up as soon as the demand passes the target.
+    fast = {"scale_up": {"stabilization_seconds": 0, "max_step_percent": 100, "max_step_pods": 4}}
+    check(run(signals(1080, tokens_per_second_long=900), 1, **fast), 2, "tokens")
+    check(run(signals(1080, tokens_per_second_long=1080), 1, **fast), 1, "tolerance")  # flat: the band holds
+    check(run(signals(1080, tokens_per_second_long=1200), 1, **fast), 1, "tolerance")  # falling
+    check(run(signals(990, tokens_per_second_long=900), 1, **fast), 1, "tokens")  # rising, under the target
+    # the lower half is unchanged: a falling load still scales down only to a count that holds it at 90%
+    check(run(signals(950, tokens_per_second_long=1200), 2, **fast), 2, "tolerance")
+
+
 def test_bounds_apply_even_without_metrics():
     decision = run(Signals(), 12)
     check(decision, 10, "maxReplicas")

@@ -192,6 +192,12 @@ def _metrics_unavailable(
                    panic_until=_panic_carry(history, now))
 
 
+def rising(signals: Signals) -> bool:
+    """The load is rising: the short-window generated rate is above the long-window one."""
+    short, long = number(signals.tokens_per_second), number(signals.tokens_per_second_long)
+    return short is not None and long is not None and short > long
+
+
 def _panic_carry(history: History, now: float) -> float | None:
     if history.panic_until is not None and now < history.panic_until:
         return history.panic_until
@@ -231,7 +237,9 @@ def _from_signals(
     # Tolerance and small-count hysteresis on the tokens rule: up only above the band; down only to
     # a count that holds the demand at the band's lower edge, so the new count does not sit at the
     # upper edge and flap back (at 2 -> 1 the load must fit one replica at (1 - tolerance)).
-    upper = current * capacity_per_replica * (1 + tolerance)
+    # The band's upper half is there against noise; while the short rate is above the long one the
+    # load is rising, and waiting for +tolerance would cost a replica's startup on a ramp.
+    upper = current * capacity_per_replica * (1 if rising(signals) else 1 + tolerance)
     lower = current * capacity_per_replica * (1 - tolerance)
     # With burst headroom, a burst inside it orders nothing unless the pods show overload (requests
     # waiting, or the KV cache full): the headroom is what serves it, and replicas ordered now would
