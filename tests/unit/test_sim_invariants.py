@@ -130,7 +130,7 @@ def test_the_warm_up_replays_the_end_and_is_not_measured():
     assert np.allclose(sim.workload.arrival_s[: len(tail)], tail - (workload.duration_s - 300))
     assert np.array_equal(sim.workload.arrival_s[len(tail):], workload.arrival_s + 300)
     assert result.requests == len(workload) and result.served + result.dropped == len(workload)
-    # GPU time is counted from the end of the warm-up: 2 replicas over the trace (plus its tail)
+    # GPU time is counted over the trace itself (from the end of the warm-up to its last arrival)
     assert result.gpu_hours * 3600 == pytest.approx(2 * workload.duration_s, abs=10)
     assert result.timeline["time"][0] < 0 <= result.timeline["time"][-1]
 

@@ -145,7 +145,7 @@ class Simulation:
                 if replica.state == READY or replica.state == DRAINING:
                     if replica.admitted:
                         cluster.step(replica, t, dt)
-            if t >= self.warmup_s:
+            if self.warmup_s <= t < end_of_arrivals:  # the trace's own span, the same for every policy
                 gpu_seconds += existing * gpus * dt
             cluster.retire_drained(t_end)
             if t_end >= next_timeline + timeline_every:
@@ -170,7 +170,7 @@ class Simulation:
         lost = np.flatnonzero(np.isnan(log.finished_at) & (log.dropped < 0))
         log.dropped[lost] = DROP_UNFINISHED  # none expected: count them, never lose one silently
         cluster.dropped += len(lost)
-        return summarise(self, autoscaler, gpu_seconds, t - self.warmup_s, timeline.arrays())
+        return summarise(self, autoscaler, gpu_seconds, end_of_arrivals - self.warmup_s, timeline.arrays())
 
 
 def request_work_per_second(workload: Workload, profile: ReplicaProfile) -> np.ndarray:
