@@ -165,3 +165,10 @@ def test_seeds_draw_their_own_startups_and_pool_their_requests():
     assert pooled.slo_attainment == pytest.approx(within / pooled.requests)
     assert pooled.worst_seed_attainment == min(r.slo_attainment for r in singles)
     assert pooled.gpu_hours == pytest.approx(np.mean([r.gpu_hours for r in singles]))
+
+
+def test_a_trace_of_one_instant_gets_a_quiet_warm_up_and_is_all_measured():
+    workload = wl.Workload("burst", np.zeros(5), np.full(5, 100), np.full(5, 50))
+    sim = Simulation(workload, H100_LLAMA_8B, SimConfig(warmup_s=60))
+    result = sim.run(StaticReplicas(1))
+    assert result.requests == 5 and result.served == 5

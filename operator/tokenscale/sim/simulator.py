@@ -29,7 +29,8 @@ class SimConfig:
     tail_limit_s: float = 900.0  # after the last arrival, requests still in flight this long are dropped
     ttft_target_s: float | None = None  # SLO; None = the profile's
     warm_start_utilisation: float = 0.7  # the replicas every policy starts with: first minute's work at this
-    warmup_s: float = 1800.0  # the trace's first minutes replayed before it, unmeasured (Workload.with_warmup)
+    warmup_s: float = 1800.0  # the trace's last 30 min replayed before it, unmeasured (Workload.with_warmup):
+    # the longest look-back of any policy (the burst window), so every one starts the trace warm
     seed: int = 0
 
 

@@ -71,8 +71,10 @@ class Workload:
         the trace's first minutes is replayed just before it, and a trace shorter than the warm-up
         is repeated to fill it."""
         period = self.duration_s
-        if warmup_s <= 0 or period <= 0:
+        if warmup_s <= 0:
             return self
+        if period <= 0:  # every request at t = 0: no traffic to replay, a quiet warm-up
+            return Workload(self.name, self.arrival_s + warmup_s, self.input_tokens, self.output_tokens)
         copies = math.ceil(warmup_s / period)
         one = self.slice(0.0, period)  # [0, period): the last arrival is the next copy's first
         looped = np.concatenate([one.arrival_s + i * period for i in range(copies)])
