@@ -359,7 +359,7 @@ class Autoscaler:
             if patch[key] is None and key not in status:
                 del patch[key]
         wanted = ((METRICS_AVAILABLE, metrics), (SCALING_ACTIVE, active), (SCALING_LIMITED, limited))
-        if any(_differs(status.get("conditions"), kind, value) for kind, value in wanted):
+        if not all(conditions.condition_is(status.get("conditions"), kind, *value) for kind, value in wanted):
             # conditions is one list shared with the reconcile handler and a merge patch replaces
             # it whole: write it only when ours change, on the freshest copy.
             fresh = reconcile.read_service(self.kube, owner["metadata"]["namespace"], owner["metadata"]["name"])
@@ -376,15 +376,8 @@ class Autoscaler:
     def _write_manual(self, owner: dict[str, Any], status: dict[str, Any]) -> None:
         wanted = (False, "AutoscalingDisabled", "autoscaling.enabled is false: spec.replicas is applied "
                   "(kubectl scale works)")
-        if not _differs(status.get("conditions"), SCALING_ACTIVE, wanted):
+        if conditions.condition_is(status.get("conditions"), SCALING_ACTIVE, *wanted):
             return
         items = conditions.set_condition(status.get("conditions"), SCALING_ACTIVE, *wanted,
                                          observed_generation=(owner.get("metadata") or {}).get("generation"))
         reconcile.write_status(self.kube, owner, {"conditions": items})
-
-
-def _differs(items: list[dict[str, Any]] | None, kind: str, wanted: tuple[bool, str, str]) -> bool:
-    condition = conditions.get_condition(items, kind) or {}
-    state, reason, message = wanted
-    return (condition.get("status"), condition.get("reason"), condition.get("message")) != (
-        "True" if state else "False", reason, message)

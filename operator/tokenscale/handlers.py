@@ -91,11 +91,11 @@ def serve(body: kopf.Body, reason: str, memo: Any, **_: Any) -> None:
 def _degrade(kube: reconcile.Kube, body: kopf.Body, owner: dict[str, Any], reason: str, message: str) -> None:
     """Degraded=True with the reason; the Warning event only when that is news (retries stay quiet)."""
     current = (owner.get("status") or {}).get("conditions")
-    before = conditions.get_condition(current, conditions.DEGRADED) or {}
+    news = not conditions.condition_is(current, conditions.DEGRADED, True, reason, message)
     status = conditions.degraded_status(current, reason=reason, message=message,
                                         generation=owner["metadata"].get("generation"))
     reconcile.write_status(kube, owner, status)
-    if (before.get("status"), before.get("reason"), before.get("message")) != ("True", reason, message):
+    if news:
         kopf.warn(body, reason=reason, message=message)
 
 

@@ -222,6 +222,16 @@ def test_set_condition_moves_the_transition_time_only_on_a_flip():
     assert first[0]["reason"] == "NoReplicaReady"  # inputs are not mutated
 
 
+def test_condition_is_compares_status_reason_and_message():
+    items = conditions.set_condition([], "Degraded", True, "InvalidSpec", "spec.x: bad")
+    assert conditions.condition_is(items, "Degraded", True, "InvalidSpec", "spec.x: bad")
+    assert not conditions.condition_is(items, "Degraded", False, "InvalidSpec", "spec.x: bad")
+    assert not conditions.condition_is(items, "Degraded", True, "ApplyFailed", "spec.x: bad")
+    assert not conditions.condition_is(items, "Degraded", True, "InvalidSpec", "spec.y: bad")
+    assert not conditions.condition_is(items, "Ready", True, "InvalidSpec", "spec.x: bad")  # absent
+    assert conditions.condition_is(conditions.set_condition([], "M", "Unknown", "R"), "M", "Unknown", "R")
+
+
 def _deployment(replicas: int, ready: int, updated: int | None = None, generation: int = 2,
                 observed: int = 2, stuck: bool = False) -> dict[str, Any]:
     status: dict[str, Any] = {"replicas": replicas, "readyReplicas": ready,

@@ -412,6 +412,11 @@ class AutoscalingSpec(_Model):
         "the bursts (Low) or than the gaps between them (Peak).",
     )
 
+    @property
+    def holds_burst_headroom(self) -> bool:
+        """The headroom rule is on: a multiple above 1, or any multiple of the window's peak."""
+        return self.burst_headroom > 1 or self.burst_baseline == BurstBaseline.Peak
+
     @model_validator(mode="after")
     def _cross_field(self) -> AutoscalingSpec:
         if self.min_replicas > self.max_replicas:

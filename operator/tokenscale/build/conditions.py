@@ -26,6 +26,15 @@ def get_condition(conditions: list[dict[str, Any]] | None, kind: str) -> dict[st
     return next((c for c in conditions or [] if c.get("type") == kind), None)
 
 
+def condition_is(conditions: list[dict[str, Any]] | None, kind: str, status: bool | str, reason: str,
+                 message: str = "") -> bool:
+    """`kind` already reads `status`, `reason`, `message`: setting it again would change nothing
+    worth a write or an event."""
+    text = status if isinstance(status, str) else ("True" if status else "False")
+    current = get_condition(conditions, kind) or {}
+    return (current.get("status"), current.get("reason"), current.get("message")) == (text, reason, message)
+
+
 def set_condition(conditions: list[dict[str, Any]] | None, kind: str, status: bool | str, reason: str,
                   message: str = "", *, observed_generation: int | None = None,
                   at: str | None = None) -> list[dict[str, Any]]:

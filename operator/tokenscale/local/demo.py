@@ -44,6 +44,7 @@ __all__ = ["REPLICA_ENV", "DemoConfig", "Loop"]
 
 log = logging.getLogger(__name__)
 
+
 def _server_executable() -> str:
     beside = Path(sys.executable).parent / "tokenscale-server"
     return str(beside) if beside.exists() else (shutil.which("tokenscale-server") or "tokenscale-server")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from tokenscale.api.models import AutoscalingSpec, BurstBaseline, MetricsUnavailableAction
+from tokenscale.api.models import AutoscalingSpec, MetricsUnavailableAction
 
 from . import demand as rules
 from .demand import number, replicas_for, tokens_per_second
@@ -220,7 +220,7 @@ def _from_signals(
 
     demand = rules.measure(signals, spec, history, now)
     recommendations = rules.recommendations(demand, signals, spec, ready, serving_soon)
-    if spec.burst_headroom > 1 or spec.burst_baseline == BurstBaseline.Peak:  # burst headroom
+    if spec.holds_burst_headroom:
         history = add_demand_sample(history, now, demand.generated, spec)
         baseline = baseline_demand(history, now, spec) or 0.0
         # The baseline wanders with the traffic's noise; within the tolerance band of the current

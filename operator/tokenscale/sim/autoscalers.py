@@ -61,7 +61,7 @@ class TokenscalePolicy:
             "target_tokens_per_second_per_replica": round(spec.target_tokens_per_second_per_replica, 3),
             "target_queue_depth_per_replica": spec.target_queue_depth_per_replica,
         }
-        if spec.burst_headroom > 1 or spec.burst_baseline != "Low":
+        if spec.holds_burst_headroom:
             self.parameters["burst_headroom"] = round(spec.burst_headroom, 3)
             self.parameters["burst_baseline"] = str(spec.burst_baseline)
 
