@@ -151,10 +151,10 @@ class Router:
                         pass  # the client went away; leaving the block closes the upstream request too
                     backend.served += 1
                     return response
-            except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError):
+            except aiohttp.ClientConnectionError:  # refused, reset while sending the request, disconnected
                 if response is not None:
                     raise  # mid-stream: the client holds part of an answer, it cannot be replayed
-                excluded.add(backend.name)  # the replica just exited: another one takes it
+                excluded.add(backend.name)  # the replica is exiting or gone: another one takes it
                 self.retries += 1
             finally:
                 backend.outstanding -= 1
