@@ -13,6 +13,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("tokenscale.commands.run", "run the operator against the current kubeconfig"),
     "simulate": ("tokenscale.commands.simulate", "replay a trace through the policy in the simulator"),
     "bench": ("tokenscale.commands.bench", "benchmarks (autoscaling: policies vs. baselines on traces)"),
+    "calibrate": (
+        "tokenscale.commands.calibrate",
+        "measure the tokens/s one replica serves within a latency target (open-loop load)",
+    ),
     "demo": ("tokenscale.commands.demo", "the local closed loop: operator, servers, Prometheus, load"),
     "render-install": (
         "tokenscale.commands.render_install",

@@ -45,7 +45,9 @@ def replica(capacity: float, *, base: float = 0.05, scale: float = 0.05, step_s:
         errors = 5 if rate > errors_above else 0
         return Point(rate=rate, requests=200, errors=errors, tokens_per_second=completion * OUTPUT, ttft_s=ttft,
                      itl_s=itl * (1 + rho), ttft_p50_s=ttft / 3, arrival_rate=rate, completion_rate=completion,
-                     concurrency=rate * (ttft + OUTPUT * itl), waiting=rate * ttft / 2)
+                     concurrency=rate * (ttft + OUTPUT * itl), waiting=rate * ttft / 2, output_tokens=OUTPUT,
+                     input_tokens=50, itl_mean_s=itl * (1 + rho), decoding=rate * OUTPUT * itl * (1 + rho),
+                     running=rate * OUTPUT * itl * (1 + rho), max_running=min(64.0, 2 * rate))
 
     return measure
 
@@ -69,9 +71,11 @@ def test_the_sweep_doubles_then_bisects_to_the_resolution() -> None:
     search = Search(slo, SearchConfig(start_rate=1.0, resolution=0.05))
     rates = run(search, replica(20.0))
     assert rates[:5] == [1.0, 2.0, 4.0, 8.0, 16.0]  # 32 fails: the coarse sweep ends there
+    assert search.phases[:6] == ["sweep"] * 6 and search.phases[6] == "bisect"
     assert rates[5] == 32.0 and search.verdicts[5] != PASS
     assert all(16.0 < r < 32.0 for r in rates[6:])  # bisection inside the bracket
     best, fail = search.best_pass(), search.lowest_fail()
+    assert rates[-1] == best.rate and rates.count(best.rate) == 2 and search.phases[-1] == "confirm"
     truth = boundary(20.0, 0.5)
     assert best.rate <= truth < fail.rate
     assert fail.rate <= best.rate * 1.05
@@ -136,8 +140,28 @@ def test_the_step_limit_and_the_rate_ceiling_stop_the_search() -> None:
     limited = Search(Slo(ttft_s=0.5), SearchConfig(max_steps=3))
     assert len(run(limited, replica(1000.0))) == 3 and "step limit" in limited.stop_reason
     capped = Search(Slo(ttft_s=0.5), SearchConfig(max_rate=5.0))
-    assert run(capped, replica(1000.0)) == [1.0, 2.0, 4.0, 5.0]
+    assert run(capped, replica(1000.0)) == [1.0, 2.0, 4.0, 5.0, 5.0]  # the last one confirms
     assert "max-rate" in capped.stop_reason
+
+
+def test_a_failed_confirmation_reopens_the_bracket_below() -> None:
+    # the replica's true boundary is 18 req/s; it passes 20 once by luck, then fails it when confirmed
+    measure = replica(20.0)
+    seen = []
+
+    def noisy(rate: float) -> Point:
+        point = measure(rate)
+        if rate == 20.0:
+            seen.append(rate)
+            return Point(**{**point.__dict__, "ttft_s": 0.1 if len(seen) == 1 else 9.0})
+        return point
+
+    search = Search(Slo(ttft_s=0.5), SearchConfig(start_rate=10.0, resolution=0.1))
+    rates = run(search, noisy)
+    assert rates[:3] == [10.0, 20.0, 40.0]
+    assert len(seen) == 2  # measured, then confirmed, and the confirmation failed
+    assert search.best_pass().rate <= boundary(20.0, 0.5) < search.lowest_fail().rate <= 20.0
+    assert rates[-1] == search.best_pass().rate and rates.count(rates[-1]) == 2  # the new best, confirmed
 
 
 def test_a_lucky_pass_above_a_failure_is_not_chosen() -> None:
@@ -155,6 +179,8 @@ def test_the_suggestion_takes_tokens_and_the_queue_at_the_chosen_point() -> None
     run(search, replica(20.0))
     result = suggest(search)
     assert result.chosen is search.best_pass()
+    # the rate times the tokens per request (here equal to the windowed measurement)
+    assert result.target_tokens_per_second == pytest.approx(result.chosen.rate * OUTPUT, rel=0.005)
     assert result.target_tokens_per_second == pytest.approx(result.chosen.tokens_per_second, rel=0.005)
     assert result.target_queue_depth == math.ceil(result.chosen.waiting)
     assert result.capacity_tokens_per_second == pytest.approx(20.0 * OUTPUT)

@@ -5,7 +5,8 @@ turns those records into a `Point` (tokens/s, TTFT and ITL at the SLO percentile
 backlog's growth, the queue). `Search` says which rate to measure next: it doubles the rate
 while steps pass (the coarse sweep), and once a step fails it bisects between the highest rate
 that passed and the lowest that failed, until the two are within `resolution` of each other.
-A step fails when its TTFT (or ITL) percentile misses the SLO, when requests fail, or when it
+The best pass is then measured once more (a confirmation); if that fails, the bracket reopens
+below it. A step fails when its TTFT (or ITL) percentile misses the SLO, when requests fail, or when it
 saturates (requests finish measurably slower than they arrive: the queue grows without bound,
 so a longer step would miss any target). `suggest` picks the highest passing point and derives
 the autoscaling targets from it; `knee` finds where latency turns up on the measured curve.
@@ -94,6 +95,8 @@ class Point:
     input_tokens: float = 0.0  # mean per successful request
     output_tokens: float = 0.0
     queue_source: str = "client"  # where `waiting` came from: "server" or "client"
+    itl_mean_s: float | None = None  # the mean over requests of their mean inter-token latency
+    decoding: float = 0.0  # mean requests between their first token and their end (client side)
 
     @property
     def backlog_ratio(self) -> float:
@@ -118,6 +121,7 @@ class Point:
             "kvCacheUsage": None if self.kv_usage is None else round(self.kv_usage, 4),
             "inputTokens": round(self.input_tokens, 1),
             "outputTokens": round(self.output_tokens, 1),
+            "itlMeanSeconds": None if self.itl_mean_s is None else round(self.itl_mean_s, 6),
         }
 
 
@@ -176,6 +180,8 @@ def summarize(
     completed = sum(1 for s in ok if s.finished_at is not None and window[0] <= s.finished_at < window[1])
     end_of = [s.finished_at if s.finished_at is not None else window[1] for s in samples]
     concurrency = sum(_overlap(s.scheduled_at, e, window) for s, e in zip(samples, end_of, strict=True))
+    decoding = sum(_overlap(s.first_token_at, s.last_token_at, window) for s in ok
+                   if s.first_token_at is not None and s.last_token_at is not None)
     # client side, a request "waits" until its first token (queue plus its own prefill)
     client_waits = _time_profile(
         [(s.scheduled_at, s.first_token_at if s.first_token_at is not None else e) for s, e in zip(samples, end_of,
@@ -212,6 +218,8 @@ def summarize(
         input_tokens=sum(s.input_tokens for s in ok) / len(ok) if ok else 0.0,
         output_tokens=sum(s.output_tokens for s in ok) / len(ok) if ok else 0.0,
         queue_source=source,
+        itl_mean_s=sum(itls) / len(itls) if itls else None,
+        decoding=decoding / length if length > 0 else 0.0,
     )
 
 
@@ -253,6 +261,7 @@ class SearchConfig:
     max_rate: float = math.inf  # the coarse sweep stops here even if every step passed
     saturation_ratio: float = 0.85  # completions/arrivals below this in the steady window: saturated
     max_error_fraction: float = 0.0  # more failed requests than this share fails the step
+    confirmations: int = 1  # the chosen rate must pass this many more times (a failure reopens the bracket)
 
     def __post_init__(self) -> None:
         if not self.start_rate > 0 or not self.growth > 1 or not 0 < self.resolution < 1:
@@ -285,9 +294,10 @@ class Search:
 
     def record(self, point: Point, phase: str | None = None) -> str:
         outcome = verdict(point, self.slo, self.config)
+        phase = phase or self.phase()
         self.points.append(point)
         self.verdicts.append(outcome)
-        self.phases.append(phase or self.phase())
+        self.phases.append(phase)
         return outcome
 
     def best_pass(self) -> Point | None:
@@ -295,14 +305,25 @@ class Search:
         fail = self.lowest_fail()
         ceiling = fail.rate if fail is not None else math.inf
         passes = [p for p, v in zip(self.points, self.verdicts, strict=True) if v == PASS and p.rate < ceiling]
-        return max(passes, key=lambda p: p.rate, default=None)
+        best = max((p.rate for p in passes), default=None)
+        return None if best is None else [p for p in passes if p.rate == best][-1]  # the latest, if measured twice
 
     def lowest_fail(self) -> Point | None:
         fails = [p for p, v in zip(self.points, self.verdicts, strict=True) if v != PASS]
         return min(fails, key=lambda p: p.rate, default=None)
 
     def phase(self) -> str:
-        return "bisect" if self.best_pass() is not None and self.lowest_fail() is not None else "sweep"
+        good, bad = self.best_pass(), self.lowest_fail()
+        if good is None or bad is None:
+            return "sweep"
+        return "confirm" if self._bracketed(good, bad) else "bisect"
+
+    def _bracketed(self, good: Point, bad: Point | None) -> bool:
+        return bad is None or bad.rate <= good.rate * (1 + self.config.resolution)
+
+    def _unconfirmed(self, good: Point) -> bool:
+        passes = sum(1 for p, v in zip(self.points, self.verdicts, strict=True) if v == PASS and p.rate == good.rate)
+        return passes < 1 + self.config.confirmations
 
     def next_rate(self) -> float | None:
         config = self.config
@@ -315,6 +336,8 @@ class Search:
         if bad is None:  # every step passed: keep doubling
             rate = good.rate * config.growth
             if good.rate >= config.max_rate:
+                if self._unconfirmed(good):
+                    return good.rate
                 self.stop_reason = f"every step passed up to --max-rate {config.max_rate:g} req/s"
                 return None
             return min(rate, config.max_rate)
@@ -324,15 +347,17 @@ class Search:
                 self.stop_reason = f"no rate down to {config.min_rate:g} req/s meets the SLO"
                 return None
             return rate
-        if bad.rate <= good.rate * (1 + config.resolution):
-            self.stop_reason = (f"bracketed: {good.rate:.3g} req/s passes, {bad.rate:.3g} fails "
+        if self._bracketed(good, bad):
+            if self._unconfirmed(good):  # measure the best pass again before suggesting it
+                return good.rate
+            self.stop_reason = (f"bracketed: {good.rate:.3g} req/s passes (confirmed), {bad.rate:.3g} fails "
                                 f"({_reason(self, bad)})")
             return None
         return math.sqrt(good.rate * bad.rate)
 
 
 def _reason(search: Search, point: Point) -> str:
-    return search.verdicts[search.points.index(point)]
+    return next(v for p, v in zip(search.points, search.verdicts, strict=True) if p is point)
 
 
 # --- what to suggest ----------------------------------------------------------------------------
@@ -348,7 +373,8 @@ class Suggestion:
 
 
 def suggest(search: Search) -> Suggestion:
-    """targetTokensPerSecondPerReplica: the generated tokens/s measured at the chosen point.
+    """targetTokensPerSecondPerReplica: the generated tokens/s served at the chosen point (its
+    rate times the tokens each request generated).
     targetQueueDepthPerReplica: the deepest queue the replica shows while it still meets the SLO
     there, its 90th percentile over the step, at least 1 (a deeper queue means more load than the
     chosen point, so the queue rule scales up just where the tokens rule's target is passed)."""
@@ -357,9 +383,12 @@ def suggest(search: Search) -> Suggestion:
     knee_point = knee([p for p, v in zip(search.points, search.verdicts, strict=True) if v != ERRORS])
     if chosen is None:
         return Suggestion(None, None, None, knee_point, capacity)
+    # A passing point keeps up (completions match arrivals), so it serves the offered rate times
+    # the tokens per request; the step's windowed tokens/s carries one Poisson draw's noise.
+    served = chosen.rate * chosen.output_tokens if chosen.output_tokens > 0 else chosen.tokens_per_second
     return Suggestion(
         chosen=chosen,
-        target_tokens_per_second=round_significant(chosen.tokens_per_second, 3),
+        target_tokens_per_second=round_significant(served, 3),
         target_queue_depth=float(max(1, math.ceil(chosen.waiting - 1e-9))),
         knee=knee_point,
         capacity_tokens_per_second=capacity,
@@ -367,13 +396,15 @@ def suggest(search: Search) -> Suggestion:
 
 
 def knee(points: Sequence[Point]) -> Point | None:
-    """The point of the latency-throughput curve furthest below the chord from its first to its
-    last point, both axes scaled to 0..1 (Kneedle's idea, on TTFT at the percentile against
-    tokens/s). Points with an infinite TTFT are left out."""
-    curve = sorted((p for p in points if math.isfinite(p.ttft_s)), key=lambda p: p.rate)
+    """The point of the latency-load curve furthest below the chord from its first to its last
+    point, both axes scaled to 0..1 (Kneedle's idea, on TTFT at the percentile against the offered
+    rate, which unlike the delivered tokens/s only grows along the curve). Points with an infinite
+    TTFT are left out; a rate measured twice counts once, by its latest step."""
+    latest = {p.rate: p for p in points if math.isfinite(p.ttft_s)}
+    curve = sorted(latest.values(), key=lambda p: p.rate)
     if len(curve) < 3:
         return None
-    xs = [p.tokens_per_second for p in curve]
+    xs = [p.rate for p in curve]
     ys = [p.ttft_s for p in curve]
     x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
     if x1 <= x0 or y1 <= y0:

@@ -43,7 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a built-in workload instead of a trace (default: bursty)",
     )
     parser.add_argument("--spec", metavar="YAML", help="an InferenceService (or just its spec) to take settings from")
-    parser.add_argument("--profile", default="h100-llama-8b", help="replica model: h100-llama-8b or cpu-tiny")
+    parser.add_argument("--profile", default="h100-llama-8b", metavar="NAME_OR_FILE",
+                        help="replica model: h100-llama-8b, cpu-tiny, or a profile YAML (tokenscale calibrate --out)")
     parser.add_argument(
         "--policy",
         action="append",

@@ -7,13 +7,16 @@ sequence in the batch and takes
 
 (decode is memory-bound: every step reads the weights once, then each sequence's KV cache).
 Prefill is compute-bound: `prefill_tokens_per_s` prompt tokens per second, time taken from
-decoding. Sources and derivations of each profile are in docs/simulator.md.
+decoding. Sources and derivations of each profile are in docs/simulator.md. A profile can also
+be a YAML file (`kind: ReplicaProfile`), as `tokenscale calibrate --out` writes one fitted to a
+real endpoint (docs/calibrate.md).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -104,10 +107,115 @@ PROFILES: dict[str, ReplicaProfile] = {p.name: p for p in (H100_LLAMA_8B, CPU_TI
 
 
 def get_profile(name: str) -> ReplicaProfile:
-    try:
+    """A built-in profile by name, or a profile YAML file (`tokenscale calibrate --out`) by path."""
+    if name in PROFILES:
         return PROFILES[name]
-    except KeyError:
-        raise ValueError(f"unknown profile {name!r}; known: {', '.join(sorted(PROFILES))}") from None
+    if name.endswith((".yaml", ".yml")) or "/" in name or Path(name).is_file():
+        return load_profile(name)
+    raise ValueError(f"unknown profile {name!r}; known: {', '.join(sorted(PROFILES))}, or a profile YAML file")
+
+
+# --- profile files ------------------------------------------------------------------------------
+
+PROFILE_KIND = "ReplicaProfile"
+
+# YAML key -> (attribute, type, required). Optional keys not given keep the defaults below.
+_FIELDS: dict[str, tuple[str, type, bool]] = {
+    "name": ("name", str, True),
+    "description": ("description", str, False),
+    "decodeBaseSeconds": ("decode_base_s", float, True),
+    "decodePerSequenceSeconds": ("decode_per_sequence_s", float, True),
+    "decodePerKvTokenSeconds": ("decode_per_kv_token_s", float, False),
+    "prefillTokensPerSecond": ("prefill_tokens_per_s", float, True),
+    "maxBatch": ("max_batch", int, True),
+    "kvCapacityTokens": ("kv_capacity_tokens", int, True),
+    "startupSeconds": ("startup_s", float, False),
+    "startupSpreadSeconds": ("startup_spread_s", float, False),
+    "drainTimeoutSeconds": ("drain_timeout_s", float, False),
+    "maxWaiting": ("max_waiting", int, False),
+    "gpusPerReplica": ("gpus_per_replica", int, False),
+    "ttftTargetSeconds": ("ttft_target_s", float, False),
+    "gpuPricePerHour": ("gpu_price_per_hour", float, False),
+}
+# A profile file that does not say how long a replica takes to start gets the H100 profile's
+# figure (vLLM loading an 8B model): calibration measures a running endpoint, not a cold start.
+FILE_DEFAULTS = {"description": "", "decode_per_kv_token_s": 0.0, "startup_s": 90.0, "startup_spread_s": 30.0}
+_MAY_BE_ZERO = {"decode_per_kv_token_s", "decode_per_sequence_s", "startup_s", "startup_spread_s"}
+
+
+class ProfileError(ValueError):
+    """A profile file that cannot be used, with the file and the field named."""
+
+
+def profile_from_dict(document: object, *, source: str = "profile") -> ReplicaProfile:
+    """Validate a profile document (the YAML's mapping) and build the profile."""
+    if not isinstance(document, dict):
+        raise ProfileError(f"{source}: expected a mapping with kind: {PROFILE_KIND}, got {type(document).__name__}")
+    kind = document.get("kind", PROFILE_KIND)
+    if kind != PROFILE_KIND:
+        raise ProfileError(f"{source}: kind must be {PROFILE_KIND}, got {kind!r}")
+    unknown = sorted(set(document) - set(_FIELDS) - {"kind", "calibration"})
+    if unknown:
+        raise ProfileError(f"{source}: unknown field(s) {', '.join(unknown)}; known: {', '.join(_FIELDS)}")
+    missing = [key for key, (_, _, required) in _FIELDS.items() if required and document.get(key) is None]
+    if missing:
+        raise ProfileError(f"{source}: missing required field(s) {', '.join(missing)}")
+    values: dict = dict(FILE_DEFAULTS)
+    for key, (attribute, kind_of, _required) in _FIELDS.items():
+        if key not in document or (document[key] is None and attribute == "max_waiting"):
+            continue
+        values[attribute] = _typed(document[key], kind_of, f"{source}: {key}", may_be_zero=attribute in _MAY_BE_ZERO)
+    if values["startup_spread_s"] > values["startup_s"]:
+        raise ProfileError(f"{source}: startupSpreadSeconds ({values['startup_spread_s']:g}) exceeds "
+                           f"startupSeconds ({values['startup_s']:g})")
+    return ReplicaProfile(**values)
+
+
+def _typed(value: object, kind_of: type, where: str, *, may_be_zero: bool):
+    if kind_of is str:
+        if not isinstance(value, str):
+            raise ProfileError(f"{where} must be a string, got {value!r}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ProfileError(f"{where} must be a number, got {value!r}")
+    if kind_of is int:
+        if float(value) != int(value):
+            raise ProfileError(f"{where} must be a whole number, got {value!r}")
+        value = int(value)
+    if not math.isfinite(value) or value < 0 or (value == 0 and not may_be_zero):
+        raise ProfileError(f"{where} must be {'zero or more' if may_be_zero else 'positive'}, got {value!r}")
+    return kind_of(value)
+
+
+def load_profile(path: str | Path) -> ReplicaProfile:
+    import yaml
+
+    path = Path(path)
+    try:
+        document = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise ProfileError(f"cannot read profile {path}: {error.strerror or error}") from None
+    except yaml.YAMLError as error:
+        raise ProfileError(f"{path}: not valid YAML: {error}") from None
+    return profile_from_dict(document, source=str(path))
+
+
+def profile_to_dict(profile: ReplicaProfile, calibration: dict | None = None) -> dict:
+    document: dict = {"kind": PROFILE_KIND}
+    for key, (attribute, _kind, _required) in _FIELDS.items():
+        value = getattr(profile, attribute)
+        if isinstance(value, float) and value:  # five significant figures: fitted numbers, not noise
+            value = float(f"{value:.5g}")
+        document[key] = value
+    if calibration:
+        document["calibration"] = calibration  # what it was fitted from; not read back
+    return document
+
+
+def dump_profile(profile: ReplicaProfile, calibration: dict | None = None) -> str:
+    import yaml
+
+    return yaml.safe_dump(profile_to_dict(profile, calibration), sort_keys=False)
 
 
 def replicas_for(tokens_per_s: float, per_replica_tokens_per_s: float) -> int:

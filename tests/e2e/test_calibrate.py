@@ -1,0 +1,89 @@
+"""`tokenscale calibrate` against the real built-in server on the tiny model (CPU, one thread).
+
+The server has 4 batch slots, so one replica saturates at a few requests/s of 32-token prompts
+and 16-token answers on this machine: below that the TTFT p90 stays well under the 1 s target,
+past it the queue grows without bound. Two calibrations with different Poisson draws must agree
+within 15%; serving the suggested target must meet the TTFT p90, and 1.5x the target must not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.server.serverkit import SERVED_NAME, start_server
+from tokenscale.calibrate.client import Endpoint, LoadClient
+from tokenscale.calibrate.plan import LengthMix, StepConfig, poisson_step
+from tokenscale.calibrate.search import PASS, SearchConfig, Slo, summarize, verdict
+from tokenscale.cli import main
+from tokenscale.sim.profiles import get_profile
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+INPUT, OUTPUT = 32, 16
+SLO = Slo(ttft_s=1.0, percentile=90)
+SWEEP = ["--input-tokens", str(INPUT), "--output-tokens", str(OUTPUT), "--ttft", "1s", "--percentile", "90",
+         "--step-seconds", "10", "--min-requests", "60", "--plain"]
+CHECK_REQUESTS = 120  # per check: the p90 is then the 108th of 120 TTFTs
+
+
+def _serve_at(url: str, rate: float, seed: int) -> tuple:
+    """One open-loop step at `rate` with the calibration's own client; returns (point, verdict)."""
+    lengths = LengthMix.fixed(INPUT, OUTPUT)
+    step = StepConfig(seconds=CHECK_REQUESTS / rate, min_requests=CHECK_REQUESTS, seed=seed)
+
+    async def go():
+        async with LoadClient(Endpoint(url=f"{url}/v1", model=SERVED_NAME), seed=seed) as client:
+            await client.prepare()
+            plan = poisson_step(rate, lengths, step, index=0)
+            samples, gauges = await client.run_step(plan, drain_s=60)
+            await client.wait_idle()
+            return summarize(rate, samples, SLO, gauges)
+
+    point = asyncio.run(go())
+    return point, verdict(point, SLO, SearchConfig())
+
+
+def test_calibrate_is_stable_and_its_target_holds_the_slo(tiny_model: Path, tmp_path: Path, capsys) -> None:
+    server = start_server(tiny_model, tmp_path, "--max-batch", "4", "--max-model-len", "256", timeout=120)
+    try:
+        endpoint = ["calibrate", "--endpoint", f"{server.url}/v1", "--model", SERVED_NAME, *SWEEP]
+        runs = []
+        for seed in (1, 2):
+            out = tmp_path / f"run{seed}.json"
+            extra = ["--out", str(tmp_path / "profile.yaml"), "--plot", str(tmp_path / "curve.png")] if seed == 1 else []
+            assert main([*endpoint, "--seed", str(seed), "--json", str(out), *extra]) == 0
+            runs.append(json.loads(out.read_text()))
+        printed = capsys.readouterr().out
+        assert "targetTokensPerSecondPerReplica:" in printed and "targetQueueDepthPerReplica:" in printed
+
+        first, second = (r["targetTokensPerSecondPerReplica"] for r in runs)
+        assert abs(first - second) <= 0.15 * (first + second) / 2, (first, second)
+
+        for run in runs:  # the JSON carries every measured point, with the fields documented
+            assert run["targetQueueDepthPerReplica"] >= 1
+            assert len(run["points"]) >= 3
+            for point in run["points"]:
+                assert {"rate", "tokensPerSecond", "ttftSeconds", "itlSeconds", "errors"} <= set(point)
+            assert any(p["verdict"] != PASS for p in run["points"])  # it found where the SLO breaks
+            assert sum(1 for p in run["points"] if p["chosen"]) >= 1
+
+        # serving at the suggested target meets the TTFT p90; 1.5x the target does not
+        target = second  # the latest suggestion
+        at_target, outcome = _serve_at(server.url, target / OUTPUT, seed=11)
+        assert outcome == PASS, (at_target, outcome)
+        assert at_target.ttft_s <= SLO.ttft_s and at_target.errors == 0
+        over, outcome = _serve_at(server.url, 1.5 * target / OUTPUT, seed=12)
+        assert outcome != PASS, (over, outcome)
+
+        # the fitted profile loads into the simulator and saturates near what was measured
+        profile = get_profile(str(tmp_path / "profile.yaml"))
+        assert profile.max_batch == 4
+        modelled = profile.capacity_tokens_per_s(INPUT, OUTPUT)
+        assert 0.5 * runs[0]["maxTokensPerSecond"] <= modelled <= 2.0 * runs[0]["maxTokensPerSecond"]
+        assert (tmp_path / "curve.png").stat().st_size > 10_000
+    finally:
+        server.stop()
