@@ -74,7 +74,8 @@ def parse_gauges(text: str) -> dict[str, float]:
         for key, names in GAUGE_NAMES.items():
             if name in names:
                 try:
-                    value = float(line.rsplit("}", 1)[-1].split()[0])
+                    rest = line.rsplit("}", 1)[-1] if line[name_end] == "{" else line[name_end:]
+                    value = float(rest.split()[0])
                 except (IndexError, ValueError):
                     continue
                 found[key] = found.get(key, 0.0) + value
