@@ -183,3 +183,35 @@ def test_the_queue_gauges_are_read_under_each_engines_names() -> None:
     assert parse_gauges("other_metric 1\n") == {}
     assert Endpoint("http://h:8000/v1", "m").metrics() == "http://h:8000/metrics"
     assert Endpoint("http://h:8000/v1", "m", metrics_url="").metrics() is None
+
+
+def test_progress_is_a_bar_on_a_terminal_and_plain_lines_without_rich(monkeypatch) -> None:
+    import io
+    import sys
+
+    from rich.console import Console
+
+    from tokenscale.calibrate import progress as progress_module
+
+    point = _measured(3.0)
+    screen = io.StringIO()
+    bar = progress_module.RichProgress(Console(file=screen, force_terminal=True, width=100))
+    bar.start_step(0, 3.0, "sweep", 10)
+    bar.advance(5)
+    bar.end_step(point, "pass")
+    bar.close()
+    assert "3 req/s" in screen.getvalue() and "meets the SLO" in screen.getvalue()
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    on_terminal = progress_module.make_progress()
+    on_terminal.close()
+    assert isinstance(on_terminal, progress_module.RichProgress)
+    monkeypatch.setitem(sys.modules, "rich.console", None)  # rich not installed: plain lines
+    plain = progress_module.make_progress()
+    assert type(plain) is progress_module.Progress
+    plain.end_step(point, "saturated")
+    assert "fails (saturated)" in sys.stderr.getvalue()

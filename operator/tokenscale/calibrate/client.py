@@ -154,12 +154,37 @@ class LoadClient:
         drain_s: float,
         on_done: Callable[[int], None] | None = None,
         gauge_interval_s: float = 0.25,
+        ttft_budget: tuple[float, int] | None = None,
     ) -> tuple[list[RequestSample], list[GaugeSample]]:
         """Send `plan` at its times (never waiting for answers), sample the gauges meanwhile, and
-        cancel whatever is still running `drain_s` after the last arrival (those are failures)."""
+        cancel whatever is still running `drain_s` after the last arrival (those are failures).
+
+        `ttft_budget` = (target seconds, how many requests may miss it): once more than that many
+        have missed it (answered late, or still unanswered past the target), the step has failed
+        whatever happens next, so it stops sending and cancels the rest (marked `cut`). A
+        saturated step then ends in seconds instead of piling minutes of backlog on the server."""
         start = time.monotonic()
         done = 0
         gauges: list[GaugeSample] = []
+        awaiting: dict[int, float] = {}  # request index -> planned arrival, until its first token
+        late = 0
+
+        def on_first(index: int, at: float) -> None:
+            nonlocal late
+            planned_at = awaiting.pop(index, None)
+            if ttft_budget is not None and planned_at is not None and at - planned_at > ttft_budget[0]:
+                late += 1
+
+        def lost() -> bool:
+            if ttft_budget is None:
+                return False
+            now = time.monotonic() - start
+            overdue = 0
+            for planned_at in awaiting.values():  # in arrival order: stop at the first still in time
+                if now - planned_at <= ttft_budget[0]:
+                    break
+                overdue += 1
+            return late + overdue > ttft_budget[1]
 
         def finished(_task) -> None:
             nonlocal done
@@ -176,15 +201,24 @@ class LoadClient:
 
         sampler = asyncio.create_task(sample_gauges()) if self.has_gauges else None
         tasks: list[asyncio.Task] = []
-        for planned in plan:
+        cut = False
+        for index, planned in enumerate(plan):
             delay = planned.at - (time.monotonic() - start)
             if delay > 0:
                 await asyncio.sleep(delay)
-            task = asyncio.create_task(self._one(planned, start))
+            if lost():
+                cut = True
+                break
+            awaiting[index] = planned.at
+            task = asyncio.create_task(self._one(planned, start, on_first=lambda at, i=index: on_first(i, at)))
             task.add_done_callback(finished)
             tasks.append(task)
-        last = plan[-1].at if plan else 0.0
-        _, pending = await asyncio.wait(tasks, timeout=max(0.0, last + drain_s - (time.monotonic() - start)))
+        last = plan[len(tasks) - 1].at if tasks else 0.0
+        deadline = start + last + drain_s
+        pending = {t for t in tasks if not t.done()}
+        while pending and not cut and time.monotonic() < deadline:
+            _, pending = await asyncio.wait(pending, timeout=min(0.1, max(0.0, deadline - time.monotonic())))
+            cut = lost()
         for task in pending:
             task.cancel()
         if pending:
@@ -192,9 +226,9 @@ class LoadClient:
         if sampler is not None:
             sampler.cancel()
         samples = []
-        for planned, task in zip(plan, tasks, strict=True):
+        for planned, task in zip(plan, tasks, strict=False):
             if task.cancelled():
-                samples.append(RequestSample(planned.at, planned.input_tokens, ok=False))
+                samples.append(RequestSample(planned.at, planned.input_tokens, ok=False, cut=cut))
             else:
                 samples.append(task.result())
         return samples, gauges
@@ -243,7 +277,7 @@ class LoadClient:
         words = max(1, round(input_tokens * self.words_per_token))
         return " ".join(self.rng.choice(_WORDS) for _ in range(words))
 
-    async def _one(self, planned: PlannedRequest, start: float) -> RequestSample:
+    async def _one(self, planned: PlannedRequest, start: float, on_first=None) -> RequestSample:
         body = self._body(self._prompt(planned.input_tokens), planned.output_tokens, stream=True)
         first = last = None
         count = 0
@@ -272,7 +306,10 @@ class LoadClient:
                             usage = chunk["usage"].get("completion_tokens")
                         if _has_text(chunk):
                             now = time.monotonic() - start
-                            first = now if first is None else first
+                            if first is None:
+                                first = now
+                                if on_first is not None:
+                                    on_first(now)
                             last = now
                             count += 1
                     failed = failed or not done

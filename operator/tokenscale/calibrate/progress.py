@@ -11,7 +11,7 @@ from .search import PASS, Point
 
 def describe(point: Point, outcome: str) -> str:
     itl = f"{point.itl_s * 1000:.1f} ms" if point.itl_s is not None else "-"
-    verdict = "meets the SLO" if outcome == PASS else f"fails ({outcome})"
+    verdict = "meets the SLO" if outcome == PASS else f"fails ({outcome}{', cut short' if point.cut_short else ''})"
     return (f"{point.rate:.3g} req/s: {point.tokens_per_second:,.0f} tok/s, TTFT {_seconds(point.ttft_s)}, "
             f"ITL {itl}, errors {point.errors}/{point.requests}, queue {point.waiting:g}: {verdict}")
 

@@ -43,7 +43,7 @@ def table(search: Search, suggestion: Suggestion) -> str:
             _s(point.ttft_p50_s), "-" if point.itl_s is None else f"{point.itl_s * 1000:.1f} ms",
             f"{point.backlog_ratio:.2f}", f"{point.waiting:g}",
             "-" if point.running is None else f"{point.running:.1f}", f"{point.errors}/{point.requests}",
-            ("pass" if outcome == PASS else outcome) + mark,
+            ("pass" if outcome == PASS else outcome) + (", cut short" if point.cut_short else "") + mark,
         ))
     widths = [max(len(row[c]) for row in rows) for c in range(len(head))]
     lines = ["  ".join(cell.rjust(w) if 1 < c < len(head) - 1 else cell.ljust(w)

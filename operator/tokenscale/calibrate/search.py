@@ -48,6 +48,7 @@ class RequestSample:
     last_token_at: float | None = None
     finished_at: float | None = None
     output_tokens: int = 0
+    cut: bool = False  # cancelled because the step had already missed its TTFT percentile; not an error
 
     @property
     def ttft(self) -> float:
@@ -95,6 +96,7 @@ class Point:
     input_tokens: float = 0.0  # mean per successful request
     output_tokens: float = 0.0
     queue_source: str = "client"  # where `waiting` came from: "server" or "client"
+    cut_short: bool = False  # stopped once its TTFT percentile was certainly missed
     itl_mean_s: float | None = None  # the mean over requests of their mean inter-token latency
     decoding: float = 0.0  # mean requests between their first token and their end (client side)
 
@@ -122,6 +124,7 @@ class Point:
             "inputTokens": round(self.input_tokens, 1),
             "outputTokens": round(self.output_tokens, 1),
             "itlMeanSeconds": None if self.itl_mean_s is None else round(self.itl_mean_s, 6),
+            "cutShort": self.cut_short,
         }
 
 
@@ -136,6 +139,12 @@ def percentile(values: Sequence[float], p: float) -> float:
     ordered = sorted(values)
     rank = max(1, math.ceil(p / 100.0 * len(ordered)))
     return ordered[rank - 1]
+
+
+def late_budget(requests: int, p: float) -> int:
+    """How many of `requests` may miss the TTFT target while its p-th percentile still meets it
+    (nearest rank): one more late request and the step has failed, whatever the rest do."""
+    return requests - max(1, math.ceil(p / 100.0 * requests))
 
 
 def steady_window(samples: Sequence[RequestSample], warmup_fraction: float = 0.2) -> tuple[float, float]:
@@ -203,7 +212,7 @@ def summarize(
     return Point(
         rate=rate,
         requests=len(samples),
-        errors=len(samples) - len(ok),
+        errors=sum(1 for s in samples if not s.ok and not s.cut),
         tokens_per_second=tokens / length if length > 0 else 0.0,
         ttft_s=percentile(ttfts, slo.percentile),
         itl_s=percentile(itls, slo.percentile) if itls else None,
@@ -218,6 +227,7 @@ def summarize(
         input_tokens=sum(s.input_tokens for s in ok) / len(ok) if ok else 0.0,
         output_tokens=sum(s.output_tokens for s in ok) / len(ok) if ok else 0.0,
         queue_source=source,
+        cut_short=any(s.cut for s in samples),
         itl_mean_s=sum(itls) / len(itls) if itls else None,
         decoding=decoding / length if length > 0 else 0.0,
     )
@@ -272,6 +282,8 @@ def verdict(point: Point, slo: Slo, config: SearchConfig) -> str:
     """PASS, or why the step fails (the first reason in the order errors, saturated, ttft, itl)."""
     if point.errors > config.max_error_fraction * point.requests:
         return ERRORS
+    if point.cut_short:
+        return TTFT
     if point.backlog_ratio < config.saturation_ratio:
         return SATURATED
     if not point.ttft_s <= slo.ttft_s:

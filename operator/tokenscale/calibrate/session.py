@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .client import LoadClient
 from .plan import LengthMix, StepConfig, poisson_step
 from .progress import Progress
-from .search import Search, SearchConfig, Slo, summarize
+from .search import Search, SearchConfig, Slo, late_budget, summarize
 
 
 @dataclass
@@ -39,14 +39,15 @@ async def calibrate(client: LoadClient, calibration: Calibration, progress: Prog
         service_time = await client.service_time(round(lengths.mean_input), round(lengths.mean_output))
         start_rate = _round_rate(1.0 / max(service_time, 1e-3))
         progress.note(f"one request alone takes {service_time:.3f} s: the sweep starts at {start_rate:g} req/s")
-    config = SearchConfig(**{**calibration.search_config.__dict__, "start_rate": start_rate})
-    search = Search(calibration.slo, config)
+    search = Search(calibration.slo, replace(calibration.search_config, start_rate=start_rate))
     index = 0
     while (rate := search.next_rate()) is not None:
         phase = search.phase()
         plan = poisson_step(rate, lengths, calibration.step, index=index, confirm=phase == "confirm")
         progress.start_step(index, rate, phase, len(plan))
-        samples, gauges = await client.run_step(plan, drain_s=calibration.step.drain_s, on_done=progress.advance)
+        budget = (calibration.slo.ttft_s, late_budget(len(plan), calibration.slo.percentile))
+        samples, gauges = await client.run_step(plan, drain_s=calibration.step.drain_s, on_done=progress.advance,
+                                                ttft_budget=budget)
         point = summarize(rate, samples, calibration.slo, gauges)
         outcome = search.record(point, phase)
         progress.end_step(point, outcome)
