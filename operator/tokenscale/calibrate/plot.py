@@ -20,16 +20,26 @@ def plot_curve(search: Search, suggestion: Suggestion, path: str | Path) -> Path
     verdicts = [search.verdicts[i] for i in order]
     figure, (ttft_axis, itl_axis) = plt.subplots(1, 2, figsize=(11, 4.2))
 
+    per_request = max((p.output_tokens for p in points), default=0.0) or 1.0  # a step with no answer has none
+
     def offered(point) -> float:  # tokens/s asked for: grows with the rate, unlike what was delivered
-        return point.rate * point.output_tokens if point.output_tokens > 0 else point.tokens_per_second
+        return point.rate * (point.output_tokens or per_request)
 
     def draw(axis, values, target, label):
         finite = [(offered(p), v) for p, v in zip(points, values, strict=True) if v is not None
                   and math.isfinite(v)]
         if finite:
             axis.plot(*zip(*finite, strict=True), color="#888888", lw=1, zorder=1)
+        known = [v for v in values if v is not None and math.isfinite(v)] + ([target] if target else [])
+        beyond = 2 * max(known) if known else 1.0  # where steps with no finite percentile are drawn
+        missed = False
         for point, value, outcome in zip(points, values, verdicts, strict=True):
-            if value is None or not math.isfinite(value):
+            if value is None:
+                continue
+            if not math.isfinite(value):
+                axis.scatter(offered(point), beyond, zorder=2, s=40, color="#d62728", marker="^",
+                             label=None if missed else "missed (failed or cut short)")
+                missed = True
                 continue
             axis.scatter(offered(point), value, zorder=2, s=28,
                          color="#2ca02c" if outcome == PASS else "#d62728",
