@@ -215,3 +215,23 @@ def test_progress_is_a_bar_on_a_terminal_and_plain_lines_without_rich(monkeypatc
     assert type(plain) is progress_module.Progress
     plain.end_step(point, "saturated")
     assert "fails (saturated)" in sys.stderr.getvalue()
+
+
+def test_when_every_failure_was_cut_short_the_profile_still_delivers_what_was_seen() -> None:
+    def cut_or_measured(rate: float) -> Point:
+        point = _measured(rate)
+        if point.completion_rate < rate:  # the step would have saturated: it is cut short instead
+            return Point(**{**point.__dict__, "cut_short": True, "tokens_per_second": 5.0,
+                            "completion_rate": rate, "running": 3.0, "max_running": 3.0})
+        return point
+
+    search = Search(Slo(ttft_s=1.0), SearchConfig(start_rate=2.0, resolution=0.05))
+    while (rate := search.next_rate()) is not None:
+        search.record(cut_or_measured(rate))
+    assert "saturated" not in search.verdicts and any(p.cut_short for p in search.points)
+    # a slow ITL line (as on a descheduled CPU) would underrate the replica; what it delivered wins
+    slow = [Point(**{**p.__dict__, "itl_mean_s": 3 * p.itl_mean_s}) if p.itl_mean_s else p for p in search.points]
+    search.points[:] = slow
+    profile = fit_profile(search, suggest(search), FitOptions(name="x"))
+    delivered = max(p.tokens_per_second for p in search.points if not p.cut_short)
+    assert profile.capacity_tokens_per_s(INPUT, OUTPUT) >= delivered * 0.999

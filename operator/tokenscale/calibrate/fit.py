@@ -11,7 +11,8 @@ The simulator's replica (sim/profiles.py) decodes one token for every running se
 - KV capacity: tokens in use over the KV-use gauge, unless given; never below what the batch
   limit needs, since the batch limit was what bound;
 - finally the step times are scaled so the profile's saturation throughput equals the most
-  tokens/s a saturated step delivered (the same correction the built-in cpu-tiny profile carries).
+  tokens/s a saturated step delivered (the same correction the built-in cpu-tiny profile carries),
+  or, when no step ran saturated to its end, is at least the most tokens/s any step delivered.
 With one length mix, per-sequence and per-KV-token costs cannot be told apart: both are folded
 into the per-sequence term.
 """
@@ -75,8 +76,12 @@ def fit_profile(search: Search, suggestion: Suggestion, options: FitOptions) -> 
         ttft_target_s=search.slo.ttft_s,
     )
     saturated = [p.tokens_per_second for p, v in usable if v == SATURATED]
+    delivered = max((p.tokens_per_second for p, _ in usable if not p.cut_short), default=0.0)
     if saturated:
         profile = _match_capacity(profile, max(saturated), input_tokens, output_tokens)
+    elif profile.capacity_tokens_per_s(input_tokens, output_tokens) < delivered:
+        # no step ran saturated to its end, but the replica did deliver this much: at least that
+        profile = _match_capacity(profile, delivered, input_tokens, output_tokens)
     return profile
 
 
@@ -105,7 +110,7 @@ def _line(pairs: list[tuple[float, float]]) -> tuple[float, float]:
 
 def _match_capacity(profile: ReplicaProfile, measured_tps: float, input_tokens: float,
                     output_tokens: float) -> ReplicaProfile:
-    """Scale the decode step so the profile saturates at the measured tokens/s (bounded 4x either way)."""
+    """Scale the decode step so the profile saturates at the measured tokens/s (bounded 10x either way)."""
     modelled = profile.capacity_tokens_per_s(input_tokens, output_tokens)
     if modelled <= 0 or measured_tps <= 0 or output_tokens <= 1:
         return profile
@@ -117,7 +122,7 @@ def _match_capacity(profile: ReplicaProfile, measured_tps: float, input_tokens: 
     current_decode_s = (output_tokens - 1) * step / batch
     if decode_s <= 0 or current_decode_s <= 0:
         return profile
-    factor = min(4.0, max(0.25, decode_s / current_decode_s))
+    factor = min(10.0, max(0.1, decode_s / current_decode_s))
     return profile.with_overrides(decode_base_s=profile.decode_base_s * factor,
                                   decode_per_sequence_s=profile.decode_per_sequence_s * factor)
 
