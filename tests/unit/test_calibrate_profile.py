@@ -235,3 +235,24 @@ def test_when_every_failure_was_cut_short_the_profile_still_delivers_what_was_se
     profile = fit_profile(search, suggest(search), FitOptions(name="x"))
     delivered = max(p.tokens_per_second for p in search.points if not p.cut_short)
     assert profile.capacity_tokens_per_s(INPUT, OUTPUT) >= delivered * 0.999
+
+
+def test_a_trace_gives_the_length_mix(tmp_path) -> None:
+    from tokenscale.commands.calibrate import _lengths
+
+    trace = tmp_path / "requests.csv"
+    trace.write_text("timestamp_s,input_tokens,output_tokens\n0.0,100,10\n5.5,300,30\n9.0,200,20\n")
+    mix = _lengths(argparse.Namespace(trace=str(trace), input_tokens=None, output_tokens=None))
+    assert sorted(mix.pairs) == [(100, 10), (200, 20), (300, 30)]
+    assert mix.mean_input == 200 and mix.mean_output == 20
+
+
+def test_http_time_in_the_ttft_does_not_throttle_the_profile() -> None:
+    # a low-load TTFT of 0.5 s (mostly HTTP and tokenizer time) read as prefill would leave a
+    # 200-token request no time to decode at the measured throughput: the prefill rate is scaled too
+    search = _search()
+    search.points[:] = [Point(**{**p.__dict__, "ttft_p50_s": 0.5}) for p in search.points]
+    profile = fit_profile(search, suggest(search), FitOptions(name="x"))
+    assert profile.prefill_tokens_per_s > INPUT / 0.5
+    assert profile.capacity_tokens_per_s(INPUT, OUTPUT) == pytest.approx(
+        TRUE.capacity_tokens_per_s(INPUT, OUTPUT), rel=0.05)

@@ -10,9 +10,11 @@ The simulator's replica (sim/profiles.py) decodes one token for every running se
 - batch limit: the largest running batch seen (a queue formed beyond it), unless given;
 - KV capacity: tokens in use over the KV-use gauge, unless given; never below what the batch
   limit needs, since the batch limit was what bound;
-- finally the step times are scaled so the profile's saturation throughput equals the most
+- finally the replica's speed is scaled so the profile's saturation throughput equals the most
   tokens/s a saturated step delivered (the same correction the built-in cpu-tiny profile carries),
-  or, when no step ran saturated to its end, is at least the most tokens/s any step delivered.
+  or, when no step ran saturated to its end, is at least the most tokens/s any step delivered:
+  the decode step alone, or the prefill rate with it when the measured TTFT (HTTP time included)
+  would leave decode no time at that throughput.
 With one length mix, per-sequence and per-KV-token costs cannot be told apart: both are folded
 into the per-sequence term.
 """
@@ -110,21 +112,25 @@ def _line(pairs: list[tuple[float, float]]) -> tuple[float, float]:
 
 def _match_capacity(profile: ReplicaProfile, measured_tps: float, input_tokens: float,
                     output_tokens: float) -> ReplicaProfile:
-    """Scale the decode step so the profile saturates at the measured tokens/s (bounded 10x either way)."""
-    modelled = profile.capacity_tokens_per_s(input_tokens, output_tokens)
-    if modelled <= 0 or measured_tps <= 0 or output_tokens <= 1:
+    """Scale the replica's speed so it saturates at the measured tokens/s (bounded 10x either way):
+    the decode step alone while it keeps the prefill's share below 90% of a request's time (the
+    low-load TTFT then stays as measured); else the prefill rate with it, since a TTFT measured
+    from outside holds HTTP and tokenizer time that does not occupy the engine."""
+    if measured_tps <= 0 or output_tokens <= 1 or profile.capacity_tokens_per_s(input_tokens, output_tokens) <= 0:
         return profile
     batch = profile.saturated_batch(input_tokens, output_tokens)
     prefill_s = input_tokens / profile.prefill_tokens_per_s
     wanted_s = output_tokens / measured_tps  # seconds per request at the measured capacity
-    decode_s = wanted_s - prefill_s
     step = profile.step_seconds(batch, batch * (input_tokens + output_tokens / 2))
-    current_decode_s = (output_tokens - 1) * step / batch
-    if decode_s <= 0 or current_decode_s <= 0:
-        return profile
-    factor = min(10.0, max(0.1, decode_s / current_decode_s))
+    decode_s = (output_tokens - 1) * step / batch
+    if wanted_s - prefill_s > 0.1 * wanted_s:
+        factor = min(10.0, max(0.1, (wanted_s - prefill_s) / decode_s))
+        return profile.with_overrides(decode_base_s=profile.decode_base_s * factor,
+                                      decode_per_sequence_s=profile.decode_per_sequence_s * factor)
+    factor = min(10.0, max(0.1, wanted_s / (prefill_s + decode_s)))
     return profile.with_overrides(decode_base_s=profile.decode_base_s * factor,
-                                  decode_per_sequence_s=profile.decode_per_sequence_s * factor)
+                                  decode_per_sequence_s=profile.decode_per_sequence_s * factor,
+                                  prefill_tokens_per_s=profile.prefill_tokens_per_s / factor)
 
 
 def calibration_record(search: Search, suggestion: Suggestion) -> dict:
