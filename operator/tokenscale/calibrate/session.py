@@ -18,6 +18,7 @@ class Calibration:
     search_config: SearchConfig = field(default_factory=SearchConfig)
     step: StepConfig = field(default_factory=StepConfig)
     start_rate: float | None = None  # None: from one request's service time
+    warmup_requests: int = 50  # sent at the start rate before the first step, not measured
 
 
 @dataclass
@@ -39,6 +40,14 @@ async def calibrate(client: LoadClient, calibration: Calibration, progress: Prog
         service_time = await client.service_time(round(lengths.mean_input), round(lengths.mean_output))
         start_rate = _round_rate(1.0 / max(service_time, 1e-3))
         progress.note(f"one request alone takes {service_time:.3f} s: the sweep starts at {start_rate:g} req/s")
+    if calibration.warmup_requests:
+        # a fresh server pays one-time costs on its first batches (allocations, kernel choice, CUDA
+        # graphs); measured, they would fail the first step and send the sweep down for good
+        plan = poisson_step(start_rate, lengths, replace(calibration.step, min_requests=calibration.warmup_requests,
+                                                         seconds=0.0), index=-1)
+        progress.note(f"warming up: {len(plan)} requests at {start_rate:g} req/s, not measured")
+        await client.run_step(plan, drain_s=calibration.step.drain_s)
+        await client.wait_idle()
     search = Search(calibration.slo, replace(calibration.search_config, start_rate=start_rate))
     index = 0
     while (rate := search.next_rate()) is not None:

@@ -76,6 +76,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     search.add_argument("--max-steps", type=_positive_int, default=14)
     search.add_argument("--step-seconds", type=float, default=30.0, help="arrivals per step span this long (default 30)")
     search.add_argument("--min-requests", type=_positive_int, default=100, help="requests per step at least (default 100)")
+    search.add_argument("--warmup-requests", type=int, default=50, metavar="N",
+                        help="sent at the first rate before measuring, not counted (default 50; 0: none)")
     search.add_argument("--drain-seconds", type=float, default=60.0,
                         help="after a step's last arrival, cancel what still runs after this long (default 60)")
     search.add_argument("--seed", type=int, default=0)
@@ -131,7 +133,7 @@ def run(args) -> int:
         metrics_url=args.metrics_url,
     )
     calibration = Calibration(slo=slo, lengths=lengths, search_config=search_config, step=step,
-                              start_rate=args.start_rate)
+                              start_rate=args.start_rate, warmup_requests=max(0, args.warmup_requests))
     progress = make_progress(plain=args.plain)
 
     async def main():
