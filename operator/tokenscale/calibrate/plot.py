@@ -58,7 +58,7 @@ def plot_curve(search: Search, suggestion: Suggestion, path: str | Path) -> Path
         axis.set_ylabel(label)
         axis.set_yscale("log")
         axis.grid(alpha=0.3, which="both")
-        axis.legend(loc="upper left", fontsize=8)
+        axis.legend(loc="best", fontsize=8)
 
     p = f"p{slo.percentile:g}"
     draw(ttft_axis, [pt.ttft_s for pt in points], slo.ttft_s, f"TTFT {p} (s)")
