@@ -14,6 +14,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("tokenscale.commands.simulate", "replay a trace through the policy in the simulator"),
     "bench": ("tokenscale.commands.bench", "benchmarks (autoscaling: policies vs. baselines on traces)"),
     "demo": ("tokenscale.commands.demo", "the local closed loop: operator, servers, Prometheus, load"),
+    "activator": ("tokenscale.commands.activator",
+                  "the proxy that holds requests for services at zero replicas until one is ready"),
     "render-install": (
         "tokenscale.commands.render_install",
         "render manifests/install.yaml from the Helm chart with default values",

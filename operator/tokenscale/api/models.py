@@ -279,13 +279,44 @@ def _scale_down_defaults() -> ScalingRules:
     return ScalingRules(stabilization_seconds=300, max_step_percent=50, max_step_pods=1)
 
 
+_ACTIVATION_MESSAGE = "activation needs activator: true or a query"
+
+
 class ActivationSpec(_Model):
-    query: str = Field(
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "(has(self.activator) && self.activator) || has(self.query)",
+                 "message": _ACTIVATION_MESSAGE}
+            ]
+        }
+    )
+
+    activator: bool = Field(
+        default=False,
+        description="Route the service to tokenscale's activator while it has no ready replica: the "
+        "activator holds requests, wakes the service at once and forwards them when a replica is ready "
+        "(needs the chart's activator.enabled).",
+    )
+    query: str | None = Field(
+        default=None,
         min_length=1,
         max_length=4096,
-        description="PromQL for demand that waits outside the pods (e.g. a gateway's queued requests "
-        "for this model). At zero replicas a result above zero scales to one.",
+        description="PromQL for demand that waits outside the pods (e.g. your own gateway's queued "
+        "requests for this model). At zero replicas a result above zero scales to one.",
     )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ActivationSpec:
+        if not self.activator and self.query is None:
+            raise ValueError(_ACTIVATION_MESSAGE)
+        return self
+
+
+_MIN_ZERO_MESSAGE = (
+    "minReplicas: 0 needs activation (activator: true, or a query): at zero replicas no pod exports "
+    "metrics, so only the activator's held requests or a signal from outside the pods can wake the service"
+)
 
 
 class AutoscalingSpec(_Model):
@@ -302,8 +333,7 @@ class AutoscalingSpec(_Model):
                 },
                 {
                     "rule": "self.minReplicas > 0 || !self.enabled || has(self.activation)",
-                    "message": "minReplicas: 0 needs activation.query: at zero replicas no pod exports "
-                    "metrics, so only a signal from outside the pods can wake the service",
+                    "message": _MIN_ZERO_MESSAGE,
                 },
                 {
                     "rule": "self.onMetricsUnavailable != 'ScaleTo' || has(self.fallbackReplicas)",
@@ -371,7 +401,8 @@ class AutoscalingSpec(_Model):
         description="With minReplicas 0: idle this long (no tokens, no queue) before scaling to zero.",
     )
     activation: ActivationSpec | None = Field(
-        default=None, description="The wake-up signal from zero replicas (required with minReplicas 0)."
+        default=None, description="The wake-up from zero replicas (required with minReplicas 0): the activator, "
+        "a PromQL query, or both."
     )
     on_metrics_unavailable: MetricsUnavailableAction = Field(
         default=MetricsUnavailableAction.Hold,
@@ -424,10 +455,7 @@ class AutoscalingSpec(_Model):
         if self.scale_to_zero_after_seconds is not None and self.min_replicas != 0:
             raise ValueError("scaleToZeroAfterSeconds is only valid with minReplicas: 0")
         if self.enabled and self.min_replicas == 0 and self.activation is None:
-            raise ValueError(
-                "minReplicas: 0 needs activation.query: at zero replicas no pod exports metrics, "
-                "so only a signal from outside the pods can wake the service"
-            )
+            raise ValueError(_MIN_ZERO_MESSAGE)
         if self.on_metrics_unavailable == MetricsUnavailableAction.ScaleTo and self.fallback_replicas is None:
             raise ValueError("onMetricsUnavailable: ScaleTo needs fallbackReplicas")
         if self.fallback_replicas is not None and not (

@@ -1,0 +1,87 @@
+"""Routing at zero: the activator's EndpointSlice, when it is needed, and the activation signal."""
+
+from __future__ import annotations
+
+import kubernetes_validate
+import pytest
+
+from tokenscale.api import parse_spec
+from tokenscale.api.models import AutoscalingSpec
+from tokenscale.build.routing import (
+    ACTIVATION_ANNOTATION,
+    SERVICE_NAME_LABEL,
+    SLICE_MANAGER,
+    SLICE_MANAGER_LABEL,
+    ActivatorEndpoints,
+    activation_requested_at,
+    activation_signal,
+    activator_slice,
+    ready_addresses,
+    routes_to_activator,
+    uses_activator,
+)
+
+MODEL = {"source": "org/model"}
+
+
+def spec(**autoscaling):
+    return parse_spec({"model": MODEL, "autoscaling": autoscaling})
+
+
+def test_the_activator_is_a_wake_up_for_min_replicas_zero() -> None:
+    assert uses_activator(spec(minReplicas=0, activation={"activator": True}))
+    assert not uses_activator(spec(minReplicas=0, activation={"query": "vector(0)"}))
+    assert not uses_activator(spec(minReplicas=1, activation={"activator": True}))
+    with pytest.raises(ValueError, match="activation needs activator: true or a query"):
+        AutoscalingSpec.model_validate({"minReplicas": 0, "activation": {}})
+    with pytest.raises(ValueError, match="activator: true, or a query"):
+        AutoscalingSpec.model_validate({"minReplicas": 0})
+
+
+def test_routed_to_the_activator_going_to_zero_and_until_a_replica_is_ready() -> None:
+    s = spec(minReplicas=0, activation={"activator": True})
+    assert routes_to_activator(s, desired_replicas=0, ready_replicas=1)  # before the last replica stops
+    assert routes_to_activator(s, desired_replicas=1, ready_replicas=0)  # waking: keep holding
+    assert not routes_to_activator(s, desired_replicas=1, ready_replicas=1)
+    query_only = spec(minReplicas=0, activation={"query": "x"})
+    assert not routes_to_activator(query_only, desired_replicas=0, ready_replicas=0)
+
+
+def test_the_slice_is_a_valid_endpointslice_for_the_services_port() -> None:
+    owner = {"apiVersion": "tokenscale.io/v1alpha1", "kind": "InferenceService",
+             "metadata": {"name": "llama", "uid": "u-1"}}
+    body = activator_slice("llama", "team-a", port_name="http",
+                           endpoints=ActivatorEndpoints(("10.0.0.5", "10.0.0.6"), 8080), owner=owner)
+    kubernetes_validate.validate(body, "1.33", strict=True)  # the real schema, unknown fields rejected
+    assert body["metadata"]["name"] == "llama-activator"
+    labels = body["metadata"]["labels"]
+    assert labels[SERVICE_NAME_LABEL] == "llama" and labels[SLICE_MANAGER_LABEL] == SLICE_MANAGER
+    assert body["ports"] == [{"name": "http", "port": 8080, "protocol": "TCP"}]
+    assert [e["addresses"] for e in body["endpoints"]] == [["10.0.0.5"], ["10.0.0.6"]]
+    assert body["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+    six = activator_slice("x", "y", port_name="http", endpoints=ActivatorEndpoints(("fd00::5",), 8080))
+    assert six["addressType"] == "IPv6"
+
+
+def test_ready_addresses_skip_the_activators_slice_and_unready_endpoints() -> None:
+    slices = [
+        {"metadata": {"labels": {SLICE_MANAGER_LABEL: "endpointslice-controller.k8s.io"}},
+         "ports": [{"name": "metrics", "port": 9000}, {"name": "http", "port": 8000}],
+         "endpoints": [{"addresses": ["10.1.0.1"], "conditions": {"ready": True}},
+                       {"addresses": ["10.1.0.2"], "conditions": {"ready": False}},
+                       {"addresses": ["10.1.0.3"], "conditions": {"ready": False, "terminating": True}},
+                       {"addresses": ["10.1.0.4"]}]},  # no conditions: read as ready
+        {"metadata": {"labels": {SLICE_MANAGER_LABEL: SLICE_MANAGER}},
+         "ports": [{"name": "http", "port": 8080}], "endpoints": [{"addresses": ["10.9.0.1"]}]},
+    ]
+    assert ready_addresses(slices, port_name="http") == [("10.1.0.1", 8000), ("10.1.0.4", 8000)]
+
+
+def test_a_recent_activation_request_is_demand() -> None:
+    annotations = {ACTIVATION_ANNOTATION: "2026-12-02T06:00:00Z"}
+    at = activation_requested_at(annotations)
+    assert at is not None
+    assert activation_signal(annotations, at + 5) == 1.0
+    assert activation_signal(annotations, at + 31) == 0.0
+    assert activation_signal({}, at) == 0.0
+    assert activation_signal({ACTIVATION_ANNOTATION: "yesterday"}, at) == 0.0
