@@ -38,6 +38,12 @@ watched, a Role in each watched namespace otherwise. "clusterRules" are cluster-
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+{{- if .Values.activator.enabled }}
+# Scale from zero: the `<service>-activator` EndpointSlice routes a service at zero to the activator.
+- apiGroups: ["discovery.k8s.io"]
+  resources: ["endpointslices"]
+  verbs: ["create", "patch", "delete"]
+{{- end }}
 {{- if and .Values.ha.enabled .Values.watchNamespaces }}
 # Namespaced peering: one KopfPeering per watched namespace.
 - apiGroups: ["kopf.dev"]
