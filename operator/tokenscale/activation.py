@@ -43,12 +43,13 @@ from tokenscale.build.routing import (
     ACTIVATION_ANNOTATION,
     SERVICE_NAME_LABEL,
     ActivatorEndpoints,
-    activation_signal,
+    activation_requested_at,
     activator_slice,
     activator_slice_name,
     ready_addresses,
     routes_to_activator,
     uses_activator,
+    wakes_from_zero,
 )
 from tokenscale.engines.base import PORT_NAME
 
@@ -80,6 +81,7 @@ class Routes:
         self._lock = threading.Lock()
         self._endpoints: ActivatorEndpoints | None = None
         self._routed: dict[tuple[str, str], dict[str, Any] | None] = {}  # key -> owner (routed) or None
+        self._zero_since: dict[tuple[str, str], float] = {}  # when a service's Deployment went to zero
 
     # --- the activator's own pods ------------------------------------------------------------
 
@@ -177,9 +179,20 @@ class Routes:
                 {"addressType": body["addressType"], "ports": body["ports"], "endpoints": body["endpoints"],
                  "metadata": {"labels": body["metadata"]["labels"]}})
 
-    def wake(self, owner: dict[str, Any]) -> bool:
+    def note_replicas(self, namespace: str, name: str, desired: int) -> None:
+        """Remember when a service went to zero: activation requests older than that are answered."""
+        key = (namespace, name)
+        if desired == 0:
+            self._zero_since.setdefault(key, time.time())
+        else:
+            self._zero_since.pop(key, None)
+
+    def wake(self, owner: dict[str, Any], requested_at: float | None) -> bool:
         """0 -> 1 at once (the slice stays until a replica is ready). True when it scaled."""
         meta = owner["metadata"]
+        zero_since = self._zero_since.get((meta["namespace"], meta["name"]))
+        if not wakes_from_zero(requested_at, zero_since=zero_since, now=time.time()):
+            return False
         try:
             deployment = _json(self.apps.read_namespaced_deployment, meta["name"], meta["namespace"])
         except kubernetes.client.ApiException as error:
@@ -253,10 +266,8 @@ def activation_requested(body: kopf.Body, memo: Any, **_: Any) -> None:
     spec = _spec(body)
     if spec is None or not uses_activator(spec) or spec.autoscaling.mode != AutoscalingMode.Active:
         return
-    if activation_signal(body.metadata.annotations, time.time()) == 0:
-        return  # an old request, already served
     owner = {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "metadata": dict(body.metadata)}
-    if routes(memo).wake(owner):
+    if routes(memo).wake(owner, activation_requested_at(body.metadata.annotations)):
         kopf.info(body, reason="Activated", message="Scaling 0 -> 1: the activator holds a request for this "
                   "service and forwards it once a replica is ready")
 
@@ -280,4 +291,5 @@ def route_at_zero(body: kopf.Body, memo: Any, **_: Any) -> None:
         return
     desired = int((body.get("spec") or {}).get("replicas") or 0)
     ready = int((body.get("status") or {}).get("readyReplicas") or 0)
+    shared.note_replicas(namespace, name, desired)
     shared.sync(owner, spec, desired=desired, ready=ready)

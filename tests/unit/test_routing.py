@@ -17,8 +17,10 @@ from tokenscale.build.routing import (
     activation_signal,
     activator_slice,
     ready_addresses,
+    rfc3339,
     routes_to_activator,
     uses_activator,
+    wakes_from_zero,
 )
 
 MODEL = {"source": "org/model"}
@@ -85,3 +87,18 @@ def test_a_recent_activation_request_is_demand() -> None:
     assert activation_signal(annotations, at + 31) == 0.0
     assert activation_signal({}, at) == 0.0
     assert activation_signal({ACTIVATION_ANNOTATION: "yesterday"}, at) == 0.0
+
+
+def test_only_a_request_newer_than_the_scale_to_zero_wakes_it() -> None:
+    now = 1000.0
+    assert wakes_from_zero(now - 2, zero_since=now - 10, now=now)  # held after it went to zero
+    assert not wakes_from_zero(now - 20, zero_since=now - 10, now=now)  # answered before; stamp still fresh
+    assert wakes_from_zero(now - 20, zero_since=None, now=now)  # a restarted operator: recent is enough
+    assert not wakes_from_zero(now - 40, zero_since=None, now=now)  # stale
+    assert not wakes_from_zero(None, zero_since=None, now=now)
+
+
+def test_stamps_round_trip_with_milliseconds() -> None:
+    stamp = rfc3339(1_790_000_000.123)
+    assert stamp.endswith(".123Z")
+    assert activation_requested_at({ACTIVATION_ANNOTATION: stamp}) == pytest.approx(1_790_000_000.123)

@@ -129,7 +129,20 @@ def ready_addresses(slices: Sequence[Mapping[str, Any]], *, skip_manager: str | 
 
 
 def rfc3339(timestamp: float) -> str:
-    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """RFC 3339 in UTC with milliseconds: the operator compares it with when the service went to zero."""
+    stamp = datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
+    return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def wakes_from_zero(requested_at: float | None, *, zero_since: float | None, now: float,
+                    fresh_seconds: float = ACTIVATION_FRESH_SECONDS, skew_seconds: float = 1.0) -> bool:
+    """Whether an activation request asks to wake a service that is at zero now: it is recent, and not
+    older than the scale to zero (a request held before it was answered already; a new one would be
+    stamped later). `zero_since` None: unknown (a restarted operator), recent is enough. The activator
+    refreshes its stamp while it holds requests, so a request refused here is woken by the next one."""
+    if requested_at is None or now - requested_at > fresh_seconds:
+        return False
+    return zero_since is None or requested_at >= zero_since - skew_seconds
 
 
 def activation_requested_at(annotations: Mapping[str, str] | None) -> float | None:
