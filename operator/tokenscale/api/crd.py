@@ -47,7 +47,12 @@ def _type_schema(tp: Any) -> dict[str, Any]:
     tp = _unwrap_optional(tp)
     origin = typing.get_origin(tp)
     if origin is typing.Annotated:
-        return _type_schema(typing.get_args(tp)[0])
+        base, *metadata = typing.get_args(tp)
+        schema = _type_schema(base)
+        for meta in metadata:  # constraints of a map's values, e.g. dict[str, LabelValue]
+            if isinstance(meta, FieldInfo):
+                _constraints(meta, schema)
+        return schema
     if isinstance(tp, type) and issubclass(tp, BaseModel):
         return model_schema(tp)
     if isinstance(tp, type) and issubclass(tp, enum.Enum):

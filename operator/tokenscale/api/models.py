@@ -33,6 +33,55 @@ RESOURCE_NAME_PATTERN = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+CONFIG_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
+FIELD_PATH_PATTERN = (
+    r"^(metadata\.(name|namespace|uid)|metadata\.(labels|annotations)\['[^']+'\]"
+    r"|spec\.(nodeName|serviceAccountName)|status\.(hostIP|hostIPs|podIP|podIPs))$"
+)
+CONTAINER_RESOURCES = ("limits.cpu", "limits.memory", "limits.ephemeral-storage", "requests.cpu",
+                       "requests.memory", "requests.ephemeral-storage")
+MOUNT_PATH_PATTERN = r"^(/[^/:]+)+$"  # absolute, no trailing or double slash: one spelling per path
+SUB_PATH_PATTERN = r"^[^/:]+(/[^/:]+)*$"  # relative
+# Label keys and values as the API server checks them on the pod template.
+LABEL_NAME_PATTERN = r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$"
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+# Names the operator gives its own volumes and mount paths (engines/base.py): never the user's.
+RESERVED_VOLUMES = ("dshm", "model-cache", "tmp")
+RESERVED_MOUNT_PATHS = ("/dev/shm", "/models", "/tmp")
+# Labels the operator sets on every pod (build/labels.py): the selector and the service label among
+# them, so a pod label of the same key is rejected rather than silently overridden.
+RESERVED_POD_LABELS = (
+    "app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/component",
+    "app.kubernetes.io/managed-by", "app.kubernetes.io/part-of", "tokenscale.io/service", "tokenscale.io/engine",
+)
+# The longest preStop sleep of any engine plus a margin: the grace period must leave the engine
+# time to drain after it (engines/base.py derives the builtin server's --drain-timeout from it).
+MIN_TERMINATION_GRACE_SECONDS = 30
+DEFAULT_TERMINATION_GRACE_SECONDS = 120
+
+_ENV_SOURCES = ("secretKeyRef", "configMapKeyRef", "fieldRef", "resourceFieldRef")
+_ENV_SOURCE_MESSAGE = "valueFrom needs exactly one of secretKeyRef, configMapKeyRef, fieldRef, resourceFieldRef"
+_ENV_VALUE_MESSAGE = "value and valueFrom are exclusive: set one"
+_ENV_FROM_SOURCES = ("configMapRef", "secretRef")
+_ENV_FROM_MESSAGE = "envFrom needs exactly one of configMapRef, secretRef"
+VOLUME_SOURCES = ("configMap", "secret", "persistentVolumeClaim", "emptyDir", "hostPath", "nfs", "csi",
+                  "projected", "downwardAPI", "ephemeral", "image", "iscsi", "fc")
+_VOLUME_SOURCE_MESSAGE = f"a volume needs exactly one source: {', '.join(VOLUME_SOURCES)}"
+
+
+def _exactly_one(fields: tuple[str, ...]) -> str:
+    """A CEL rule: exactly one of these optional fields is set (cheap: no iteration)."""
+    return " + ".join(f"(has(self.{name}) ? 1 : 0)" for name in fields) + " == 1"
+
+
+def _cel_list(items: tuple[str, ...]) -> str:
+    return "[" + ", ".join(f"'{item}'" for item in items) + "]"
+
+
+def _count_set(model: BaseModel, fields: tuple[str, ...]) -> int:
+    """How many of these fields (by wire name) are set on a model."""
+    return sum(getattr(model, name) is not None for name, info in type(model).model_fields.items()
+               if info.alias in fields)
 
 
 def _check_quantity(value: int | str) -> int | str:
@@ -103,12 +152,152 @@ class ModelSpec(_Model):
     )
 
 
+class ConfigMapKeySelector(_Model):
+    name: str = Field(max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="ConfigMap name.")
+    key: str = Field(min_length=1, max_length=253, pattern=CONFIG_KEY_PATTERN, description="Key in it.")
+    optional: bool | None = Field(default=None, description="Start the pod even when the ConfigMap or key is missing.")
+
+
+class SecretKeySelector(_Model):
+    name: str = Field(max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="Secret name.")
+    key: str = Field(min_length=1, max_length=253, pattern=CONFIG_KEY_PATTERN, description="Key in it.")
+    optional: bool | None = Field(default=None, description="Start the pod even when the Secret or key is missing.")
+
+
+class ObjectFieldSelector(_Model):
+    field_path: str = Field(
+        max_length=316,
+        pattern=FIELD_PATH_PATTERN,
+        description="A field of the pod (the downward API): metadata.name, metadata.namespace, metadata.uid, "
+        "metadata.labels['KEY'], metadata.annotations['KEY'], spec.nodeName, spec.serviceAccountName, "
+        "status.hostIP, status.hostIPs, status.podIP or status.podIPs.",
+    )
+    api_version: str | None = Field(default=None, pattern=r"^v1$", description="Version of fieldPath (v1).")
+
+
+class ResourceFieldSelector(_Model):
+    resource: str = Field(
+        json_schema_extra={"enum": list(CONTAINER_RESOURCES)},
+        description="A resource of the engine container: limits.cpu, limits.memory, "
+        "limits.ephemeral-storage, requests.cpu, requests.memory or requests.ephemeral-storage.",
+    )
+    container_name: str | None = Field(
+        default=None, pattern=r"^engine$", description="The container (only `engine`, the default)."
+    )
+    divisor: Quantity | None = Field(default=None, description="Unit of the exposed value (default 1).")
+
+    @model_validator(mode="after")
+    def _known_resource(self) -> ResourceFieldSelector:
+        if self.resource not in CONTAINER_RESOURCES:
+            raise ValueError(f"resource must be one of {', '.join(CONTAINER_RESOURCES)}")
+        return self
+
+
+class EnvVarSource(_Model):
+    model_config = ConfigDict(
+        json_schema_extra={"x-kubernetes-validations": [{"rule": _exactly_one(_ENV_SOURCES), "message": _ENV_SOURCE_MESSAGE}]}
+    )
+
+    secret_key_ref: SecretKeySelector | None = Field(default=None, description="A key of a Secret.")
+    config_map_key_ref: ConfigMapKeySelector | None = Field(default=None, description="A key of a ConfigMap.")
+    field_ref: ObjectFieldSelector | None = Field(default=None, description="A field of the pod.")
+    resource_field_ref: ResourceFieldSelector | None = Field(
+        default=None, description="A resource limit or request of the engine container."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EnvVarSource:
+        if _count_set(self, _ENV_SOURCES) != 1:
+            raise ValueError(_ENV_SOURCE_MESSAGE)
+        return self
+
+
 class EnvVar(_Model):
+    """A core/v1 EnvVar: a literal value, or valueFrom a Secret, ConfigMap or field of the pod."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "!has(self.valueFrom) || !has(self.value) || self.value == ''",
+                 "message": _ENV_VALUE_MESSAGE}
+            ]
+        }
+    )
+
     name: str = Field(pattern=ENV_NAME_PATTERN, max_length=256, description="Variable name.")
-    value: str = Field(default="", max_length=32768, description="Variable value.")
+    value: str | None = Field(default=None, max_length=32768, description="Variable value.")
+    value_from: EnvVarSource | None = Field(
+        default=None, description="Read the value from a Secret, a ConfigMap or the pod (instead of value)."
+    )
+
+    @model_validator(mode="after")
+    def _value_or_source(self) -> EnvVar:
+        if self.value_from is not None and self.value:
+            raise ValueError(_ENV_VALUE_MESSAGE)
+        return self
+
+
+class ConfigMapEnvSource(_Model):
+    name: str = Field(max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="ConfigMap name.")
+    optional: bool | None = Field(default=None, description="Start the pod even when the ConfigMap is missing.")
+
+
+class SecretEnvSource(_Model):
+    name: str = Field(max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="Secret name.")
+    optional: bool | None = Field(default=None, description="Start the pod even when the Secret is missing.")
+
+
+class EnvFromSource(_Model):
+    """A core/v1 EnvFromSource: every key of a ConfigMap or Secret as a variable."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [{"rule": _exactly_one(_ENV_FROM_SOURCES), "message": _ENV_FROM_MESSAGE}]
+        }
+    )
+
+    prefix: str | None = Field(
+        default=None, max_length=253, pattern=ENV_NAME_PATTERN, description="Prepended to each key."
+    )
+    config_map_ref: ConfigMapEnvSource | None = Field(default=None, description="The ConfigMap.")
+    secret_ref: SecretEnvSource | None = Field(default=None, description="The Secret.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EnvFromSource:
+        if _count_set(self, _ENV_FROM_SOURCES) != 1:
+            raise ValueError(_ENV_FROM_MESSAGE)
+        return self
+
+
+class VolumeMount(_Model):
+    """A core/v1 VolumeMount of one of spec.pod.volumes into the engine container."""
+
+    name: str = Field(max_length=63, pattern=DNS_LABEL_PATTERN, description="The volume (one of spec.pod.volumes).")
+    mount_path: str = Field(
+        max_length=512,
+        pattern=MOUNT_PATH_PATTERN,
+        description=f"Absolute path in the container; not {', '.join(RESERVED_MOUNT_PATHS)} (the operator's).",
+    )
+    sub_path: str | None = Field(
+        default=None, max_length=512, pattern=SUB_PATH_PATTERN, description="Mount this relative path of the volume."
+    )
+    read_only: bool | None = Field(default=None, description="Mount read-only.")
 
 
 class EngineSpec(_Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "!has(self.volumeMounts) || self.volumeMounts.all(m, "
+                 "self.volumeMounts.exists_one(n, n.mountPath == m.mountPath))",
+                 "message": "volumeMounts: each mountPath at most once"},
+                {"rule": "!has(self.volumeMounts) || self.volumeMounts.all(m, "
+                 f"!(m.mountPath in {_cel_list(RESERVED_MOUNT_PATHS)}))",
+                 "message": f"volumeMounts: {', '.join(RESERVED_MOUNT_PATHS)} are the operator's mount paths"},
+            ]
+        }
+    )
+
     type: EngineType = Field(
         default=EngineType.builtin,
         description="Serving engine: builtin (tokenscale's own batching server), vllm, sglang, tgi or "
@@ -126,7 +315,18 @@ class EngineSpec(_Model):
         description="Extra arguments appended to the engine's command line.",
     )
     env: list[EnvVar] = Field(
-        default_factory=list, max_length=128, description="Extra environment variables for the engine."
+        default_factory=list,
+        max_length=128,
+        description="Extra environment variables for the engine (value, or valueFrom a Secret, ConfigMap or "
+        "field of the pod); a name the operator also sets (HF_HOME, HF_TOKEN) is the user's.",
+    )
+    env_from: list[EnvFromSource] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Every key of these ConfigMaps and Secrets as an environment variable (env wins).",
+    )
+    volume_mounts: list[VolumeMount] = Field(
+        default_factory=list, max_length=32, description="Mounts of spec.pod.volumes into the engine container."
     )
     max_batch_size: int = Field(
         default=64,
@@ -140,6 +340,15 @@ class EngineSpec(_Model):
         le=2_097_152,
         description="Maximum context length (prompt + output tokens). Defaults to the model's own.",
     )
+
+    @model_validator(mode="after")
+    def _mount_paths(self) -> EngineSpec:
+        paths = [mount.mount_path for mount in self.volume_mounts]
+        if len(set(paths)) != len(paths):
+            raise ValueError("volumeMounts: each mountPath at most once")
+        if set(paths) & set(RESERVED_MOUNT_PATHS):
+            raise ValueError(f"volumeMounts: {', '.join(RESERVED_MOUNT_PATHS)} are the operator's mount paths")
+        return self
 
 
 class ResourcesSpec(_Model):
@@ -189,6 +398,45 @@ class Toleration(_Model):
         return self
 
 
+class WhenUnsatisfiable(StrEnum):
+    DoNotSchedule = "DoNotSchedule"
+    ScheduleAnyway = "ScheduleAnyway"
+
+
+class NodeInclusionPolicy(StrEnum):
+    Honor = "Honor"
+    Ignore = "Ignore"
+
+
+class TopologySpreadConstraint(_Model):
+    """A core/v1 TopologySpreadConstraint; labelSelector defaults to this service's own pods."""
+
+    max_skew: int = Field(ge=1, le=1000, description="Most by which the pods' count may differ between domains.")
+    topology_key: str = Field(
+        min_length=1, max_length=316, description="Node label whose values are the domains (e.g. topology.kubernetes.io/zone)."
+    )
+    when_unsatisfiable: WhenUnsatisfiable = Field(
+        description="DoNotSchedule (a hard rule) or ScheduleAnyway (a preference)."
+    )
+    label_selector: dict[str, Any] | None = Field(
+        default=None,
+        description="A metav1 LabelSelector of the pods counted. Defaults to this service's pods "
+        "(its selector labels).",
+    )
+    match_label_keys: list[str] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Pod label keys whose values narrow the count to pods like this one (e.g. pod-template-hash).",
+    )
+    min_domains: int | None = Field(default=None, ge=1, le=1000, description="Fewest eligible domains (DoNotSchedule).")
+    node_affinity_policy: NodeInclusionPolicy | None = Field(
+        default=None, description="Whether the pod's nodeAffinity/nodeSelector limit the domains (Honor, the default)."
+    )
+    node_taints_policy: NodeInclusionPolicy | None = Field(
+        default=None, description="Whether tainted nodes count (Ignore, the default)."
+    )
+
+
 class SchedulingSpec(_Model):
     node_selector: dict[str, str] = Field(
         default_factory=dict, description="Node labels a serving pod requires (e.g. a GPU product)."
@@ -207,6 +455,11 @@ class SchedulingSpec(_Model):
         max_length=253,
         pattern=DNS_SUBDOMAIN_PATTERN,
         description="RuntimeClass of the pods (e.g. nvidia).",
+    )
+    topology_spread_constraints: list[TopologySpreadConstraint] = Field(
+        default_factory=list,
+        max_length=8,
+        description="How replicas spread over zones or nodes (core/v1 topologySpreadConstraints).",
     )
 
 
@@ -437,6 +690,148 @@ class AutoscalingSpec(_Model):
         return self
 
 
+def _check_labels(labels: dict[str, str]) -> dict[str, str]:
+    for key, value in labels.items():
+        _check_key(key)
+        if len(value) > 63 or not re.match(LABEL_VALUE_PATTERN, value):
+            raise ValueError(f"label {key}: value {value!r} must be at most 63 characters of A-Z, a-z, 0-9, "
+                             "'-', '_' or '.', beginning and ending with a letter or digit")
+    reserved = sorted(set(labels) & set(RESERVED_POD_LABELS))
+    if reserved:
+        raise ValueError(f"{', '.join(reserved)}: set by the operator (it selects the pods by them)")
+    return labels
+
+
+def _check_annotations(annotations: dict[str, str]) -> dict[str, str]:
+    for key in annotations:
+        _check_key(key)
+    if sum(len(k) + len(v) for k, v in annotations.items()) > 256 * 1024:
+        raise ValueError("annotations may total at most 256 KiB")
+    return annotations
+
+
+def _check_key(key: str) -> None:
+    """A label or annotation key: an optional DNS-subdomain prefix and '/', then a name of at most 63."""
+    prefix, _, name = key.rpartition("/")
+    if prefix and (len(prefix) > 253 or not re.match(DNS_SUBDOMAIN_PATTERN, prefix)):
+        raise ValueError(f"key {key!r}: the prefix must be a DNS subdomain (e.g. example.com)")
+    if len(name) > 63 or not re.match(LABEL_NAME_PATTERN, name):
+        raise ValueError(f"key {key!r}: the name must be at most 63 characters of A-Z, a-z, 0-9, '-', '_' or "
+                         "'.', beginning and ending with a letter or digit")
+
+
+LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_PATTERN)]
+
+
+class LocalObjectReference(_Model):
+    name: str = Field(max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="Name of the object.")
+
+
+class Volume(_Model):
+    """A core/v1 Volume: a name and one source, each source a free-form core/v1 object."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [{"rule": _exactly_one(VOLUME_SOURCES), "message": _VOLUME_SOURCE_MESSAGE}]
+        }
+    )
+
+    name: str = Field(
+        max_length=63,
+        pattern=DNS_LABEL_PATTERN,
+        description=f"Volume name (a DNS label); not {', '.join(RESERVED_VOLUMES)} (the operator's).",
+    )
+    config_map: dict[str, Any] | None = Field(default=None, description="A core/v1 ConfigMapVolumeSource.")
+    secret: dict[str, Any] | None = Field(default=None, description="A core/v1 SecretVolumeSource.")
+    persistent_volume_claim: dict[str, Any] | None = Field(
+        default=None, description="A core/v1 PersistentVolumeClaimVolumeSource."
+    )
+    empty_dir: dict[str, Any] | None = Field(default=None, description="A core/v1 EmptyDirVolumeSource.")
+    host_path: dict[str, Any] | None = Field(default=None, description="A core/v1 HostPathVolumeSource.")
+    nfs: dict[str, Any] | None = Field(default=None, description="A core/v1 NFSVolumeSource.")
+    csi: dict[str, Any] | None = Field(default=None, description="A core/v1 CSIVolumeSource.")
+    projected: dict[str, Any] | None = Field(default=None, description="A core/v1 ProjectedVolumeSource.")
+    downward_api: dict[str, Any] | None = Field(
+        default=None, alias="downwardAPI", description="A core/v1 DownwardAPIVolumeSource."
+    )
+    ephemeral: dict[str, Any] | None = Field(default=None, description="A core/v1 EphemeralVolumeSource.")
+    image: dict[str, Any] | None = Field(default=None, description="A core/v1 ImageVolumeSource (an OCI image).")
+    iscsi: dict[str, Any] | None = Field(default=None, description="A core/v1 ISCSIVolumeSource.")
+    fc: dict[str, Any] | None = Field(default=None, description="A core/v1 FCVolumeSource.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Volume:
+        if _count_set(self, VOLUME_SOURCES) != 1:
+            raise ValueError(_VOLUME_SOURCE_MESSAGE)
+        return self
+
+    def source(self) -> dict[str, Any]:
+        """The volume as core/v1 writes it: {name, <source>: {...}}."""
+        return self.model_dump(by_alias=True, exclude_none=True)
+
+
+class PodSpec(_Model):
+    """What a platform team sets on every serving pod, named as in the core PodSpec."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "!has(self.labels) || " + " && ".join(
+                    f"!('{key}' in self.labels)" for key in RESERVED_POD_LABELS),
+                 "message": "labels: " + ", ".join(RESERVED_POD_LABELS) + " are set by the operator "
+                 "(it selects the pods by them)"},
+                {"rule": "!has(self.volumes) || self.volumes.all(v, self.volumes.exists_one(w, w.name == v.name))",
+                 "message": "volumes: each name at most once"},
+                {"rule": f"!has(self.volumes) || self.volumes.all(v, !(v.name in {_cel_list(RESERVED_VOLUMES)}))",
+                 "message": f"volumes: {', '.join(RESERVED_VOLUMES)} are the operator's volume names"},
+            ]
+        }
+    )
+
+    labels: dict[str, LabelValue] = Field(
+        default_factory=dict,
+        description="Labels added to every serving pod. The operator's own (app.kubernetes.io/name, instance, "
+        "component, managed-by, part-of; tokenscale.io/service, tokenscale.io/engine) are refused.",
+    )
+    annotations: dict[str, str] = Field(default_factory=dict, description="Annotations added to every serving pod.")
+    service_account_name: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        description="ServiceAccount the pods run as (e.g. one bound to a cloud IAM role).",
+    )
+    automount_service_account_token: bool = Field(
+        default=False,
+        description="Mount the ServiceAccount's API token. Engines never call the Kubernetes API, so off by default.",
+    )
+    image_pull_secrets: list[LocalObjectReference] = Field(
+        default_factory=list, max_length=16, description="Secrets holding credentials of a private registry."
+    )
+    volumes: list[Volume] = Field(
+        default_factory=list, max_length=32, description="Extra volumes, mounted by spec.engine.volumeMounts."
+    )
+    termination_grace_period_seconds: int = Field(
+        default=DEFAULT_TERMINATION_GRACE_SECONDS,
+        ge=MIN_TERMINATION_GRACE_SECONDS,
+        le=86_400,
+        description="Seconds a stopping pod gets: the preStop delay, then the engine finishes in-flight "
+        "requests (the builtin server's drain timeout is this minus 10 s and the delay). Raise it for long "
+        "generations.",
+    )
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> PodSpec:
+        _check_labels(self.labels)
+        _check_annotations(self.annotations)
+        names = [volume.name for volume in self.volumes]
+        if len(set(names)) != len(names):
+            raise ValueError("volumes: each name at most once")
+        if set(names) & set(RESERVED_VOLUMES):
+            raise ValueError(f"volumes: {', '.join(RESERVED_VOLUMES)} are the operator's volume names")
+        return self
+
+
+_MOUNT_NEEDS_VOLUME = "engine.volumeMounts: each name must be one of pod.volumes"
 GPU_ONLY_ENGINES = (EngineType.vllm, EngineType.sglang, EngineType.trtllm)
 _GPU_ONLY_MESSAGE = "engines vllm, sglang and trtllm need resources.gpus >= 1 (their images are GPU builds)"
 
@@ -450,7 +845,13 @@ class InferenceServiceSpec(_Model):
                     "!(self.engine.type in ['vllm', 'sglang', 'trtllm']) || "
                     "!has(self.resources) || !has(self.resources.gpus) || self.resources.gpus >= 1",
                     "message": _GPU_ONLY_MESSAGE,
-                }
+                },
+                {
+                    "rule": "!has(self.engine) || !has(self.engine.volumeMounts) || "
+                    "self.engine.volumeMounts.all(m, has(self.pod) && has(self.pod.volumes) && "
+                    "self.pod.volumes.exists(v, v.name == m.name))",
+                    "message": _MOUNT_NEEDS_VOLUME,
+                },
             ]
         }
     )
@@ -459,6 +860,10 @@ class InferenceServiceSpec(_Model):
     engine: EngineSpec = Field(default_factory=EngineSpec, description="How to serve it.")
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Resources per replica.")
     scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec, description="Where replicas run.")
+    pod: PodSpec = Field(
+        default_factory=PodSpec,
+        description="Pod settings for a platform: labels, annotations, service account, pull secrets, volumes.",
+    )
     model_cache: ModelCacheSpec = Field(
         default_factory=ModelCacheSpec, description="Where model weights are cached."
     )
@@ -486,6 +891,9 @@ class InferenceServiceSpec(_Model):
     def _engine_needs_gpu(self) -> InferenceServiceSpec:
         if self.engine.type in GPU_ONLY_ENGINES and self.resources.gpus < 1:
             raise ValueError(_GPU_ONLY_MESSAGE)
+        volumes = {volume.name for volume in self.pod.volumes}
+        if any(mount.name not in volumes for mount in self.engine.volume_mounts):
+            raise ValueError(_MOUNT_NEEDS_VOLUME)
         return self
 
 
