@@ -99,6 +99,8 @@ def _constraints(field: FieldInfo, schema: dict[str, Any]) -> None:
     extra = field.json_schema_extra
     if isinstance(extra, dict) and "enum" in extra:
         schema["enum"] = list(extra["enum"])
+    if isinstance(extra, dict) and "x-kubernetes-validations" in extra:  # a rule of this field alone
+        schema["x-kubernetes-validations"] = list(extra["x-kubernetes-validations"])
 
 
 def _default(field: FieldInfo) -> tuple[bool, Any]:

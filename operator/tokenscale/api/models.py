@@ -13,7 +13,7 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "tokenscale.io"
@@ -64,6 +64,12 @@ _ENV_SOURCE_MESSAGE = "valueFrom needs exactly one of secretKeyRef, configMapKey
 _ENV_VALUE_MESSAGE = "value and valueFrom are exclusive: set one"
 _ENV_FROM_SOURCES = ("configMapRef", "secretRef")
 _ENV_FROM_MESSAGE = "envFrom needs exactly one of configMapRef, secretRef"
+_UNIQUE_MOUNT_PATHS = "each mountPath at most once"
+_RESERVED_MOUNT_MESSAGE = f"{', '.join(RESERVED_MOUNT_PATHS)} are the operator's mount paths"
+_UNIQUE_VOLUMES = "each volume name at most once"
+_RESERVED_VOLUME_MESSAGE = f"{', '.join(RESERVED_VOLUMES)} are the operator's volume names"
+_RESERVED_LABEL_MESSAGE = (f"{', '.join(RESERVED_POD_LABELS)} are the operator's labels (it selects its pods "
+                           "by them): choose other keys")
 VOLUME_SOURCES = ("configMap", "secret", "persistentVolumeClaim", "emptyDir", "hostPath", "nfs", "csi",
                   "projected", "downwardAPI", "ephemeral", "image", "iscsi", "fc")
 _VOLUME_SOURCE_MESSAGE = f"a volume needs exactly one source: {', '.join(VOLUME_SOURCES)}"
@@ -72,6 +78,11 @@ _VOLUME_SOURCE_MESSAGE = f"a volume needs exactly one source: {', '.join(VOLUME_
 def _exactly_one(fields: tuple[str, ...]) -> str:
     """A CEL rule: exactly one of these optional fields is set (cheap: no iteration)."""
     return " + ".join(f"(has(self.{name}) ? 1 : 0)" for name in fields) + " == 1"
+
+
+def _rules(*rules: tuple[str, str]) -> dict[str, Any]:
+    """CEL rules of one field (`x-kubernetes-validations` on its own node of the CRD)."""
+    return {"x-kubernetes-validations": [{"rule": rule, "message": message} for rule, message in rules]}
 
 
 def _cel_list(items: tuple[str, ...]) -> str:
@@ -285,19 +296,6 @@ class VolumeMount(_Model):
 
 
 class EngineSpec(_Model):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {"rule": "!has(self.volumeMounts) || self.volumeMounts.all(m, "
-                 "self.volumeMounts.exists_one(n, n.mountPath == m.mountPath))",
-                 "message": "volumeMounts: each mountPath at most once"},
-                {"rule": "!has(self.volumeMounts) || self.volumeMounts.all(m, "
-                 f"!(m.mountPath in {_cel_list(RESERVED_MOUNT_PATHS)}))",
-                 "message": f"volumeMounts: {', '.join(RESERVED_MOUNT_PATHS)} are the operator's mount paths"},
-            ]
-        }
-    )
-
     type: EngineType = Field(
         default=EngineType.builtin,
         description="Serving engine: builtin (tokenscale's own batching server), vllm, sglang, tgi or "
@@ -326,7 +324,13 @@ class EngineSpec(_Model):
         description="Every key of these ConfigMaps and Secrets as an environment variable (env wins).",
     )
     volume_mounts: list[VolumeMount] = Field(
-        default_factory=list, max_length=32, description="Mounts of spec.pod.volumes into the engine container."
+        default_factory=list,
+        max_length=32,
+        description="Mounts of spec.pod.volumes into the engine container.",
+        json_schema_extra=_rules(
+            ("self.all(m, self.exists_one(n, n.mountPath == m.mountPath))", _UNIQUE_MOUNT_PATHS),
+            (f"self.all(m, !(m.mountPath in {_cel_list(RESERVED_MOUNT_PATHS)}))", _RESERVED_MOUNT_MESSAGE),
+        ),
     )
     max_batch_size: int = Field(
         default=64,
@@ -341,14 +345,15 @@ class EngineSpec(_Model):
         description="Maximum context length (prompt + output tokens). Defaults to the model's own.",
     )
 
-    @model_validator(mode="after")
-    def _mount_paths(self) -> EngineSpec:
-        paths = [mount.mount_path for mount in self.volume_mounts]
+    @field_validator("volume_mounts")
+    @classmethod
+    def _mount_paths(cls, mounts: list[VolumeMount]) -> list[VolumeMount]:
+        paths = [mount.mount_path for mount in mounts]
         if len(set(paths)) != len(paths):
-            raise ValueError("volumeMounts: each mountPath at most once")
+            raise ValueError(_UNIQUE_MOUNT_PATHS)
         if set(paths) & set(RESERVED_MOUNT_PATHS):
-            raise ValueError(f"volumeMounts: {', '.join(RESERVED_MOUNT_PATHS)} are the operator's mount paths")
-        return self
+            raise ValueError(_RESERVED_MOUNT_MESSAGE)
+        return mounts
 
 
 class ResourcesSpec(_Model):
@@ -696,9 +701,8 @@ def _check_labels(labels: dict[str, str]) -> dict[str, str]:
         if len(value) > 63 or not re.match(LABEL_VALUE_PATTERN, value):
             raise ValueError(f"label {key}: value {value!r} must be at most 63 characters of A-Z, a-z, 0-9, "
                              "'-', '_' or '.', beginning and ending with a letter or digit")
-    reserved = sorted(set(labels) & set(RESERVED_POD_LABELS))
-    if reserved:
-        raise ValueError(f"{', '.join(reserved)}: set by the operator (it selects the pods by them)")
+    if set(labels) & set(RESERVED_POD_LABELS):
+        raise ValueError(_RESERVED_LABEL_MESSAGE)
     return labels
 
 
@@ -773,25 +777,12 @@ class Volume(_Model):
 class PodSpec(_Model):
     """What a platform team sets on every serving pod, named as in the core PodSpec."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {"rule": "!has(self.labels) || " + " && ".join(
-                    f"!('{key}' in self.labels)" for key in RESERVED_POD_LABELS),
-                 "message": "labels: " + ", ".join(RESERVED_POD_LABELS) + " are set by the operator "
-                 "(it selects the pods by them)"},
-                {"rule": "!has(self.volumes) || self.volumes.all(v, self.volumes.exists_one(w, w.name == v.name))",
-                 "message": "volumes: each name at most once"},
-                {"rule": f"!has(self.volumes) || self.volumes.all(v, !(v.name in {_cel_list(RESERVED_VOLUMES)}))",
-                 "message": f"volumes: {', '.join(RESERVED_VOLUMES)} are the operator's volume names"},
-            ]
-        }
-    )
-
     labels: dict[str, LabelValue] = Field(
         default_factory=dict,
         description="Labels added to every serving pod. The operator's own (app.kubernetes.io/name, instance, "
         "component, managed-by, part-of; tokenscale.io/service, tokenscale.io/engine) are refused.",
+        json_schema_extra=_rules((" && ".join(f"!('{key}' in self)" for key in RESERVED_POD_LABELS),
+                                  _RESERVED_LABEL_MESSAGE)),
     )
     annotations: dict[str, str] = Field(default_factory=dict, description="Annotations added to every serving pod.")
     service_account_name: str | None = Field(
@@ -808,7 +799,13 @@ class PodSpec(_Model):
         default_factory=list, max_length=16, description="Secrets holding credentials of a private registry."
     )
     volumes: list[Volume] = Field(
-        default_factory=list, max_length=32, description="Extra volumes, mounted by spec.engine.volumeMounts."
+        default_factory=list,
+        max_length=32,
+        description="Extra volumes, mounted by spec.engine.volumeMounts.",
+        json_schema_extra=_rules(
+            ("self.all(v, self.exists_one(w, w.name == v.name))", _UNIQUE_VOLUMES),
+            (f"self.all(v, !(v.name in {_cel_list(RESERVED_VOLUMES)}))", _RESERVED_VOLUME_MESSAGE),
+        ),
     )
     termination_grace_period_seconds: int = Field(
         default=DEFAULT_TERMINATION_GRACE_SECONDS,
@@ -819,16 +816,18 @@ class PodSpec(_Model):
         "generations.",
     )
 
-    @model_validator(mode="after")
-    def _cross_field(self) -> PodSpec:
-        _check_labels(self.labels)
-        _check_annotations(self.annotations)
-        names = [volume.name for volume in self.volumes]
+    _labels = field_validator("labels")(_check_labels)
+    _annotations = field_validator("annotations")(_check_annotations)
+
+    @field_validator("volumes")
+    @classmethod
+    def _volume_names(cls, volumes: list[Volume]) -> list[Volume]:
+        names = [volume.name for volume in volumes]
         if len(set(names)) != len(names):
-            raise ValueError("volumes: each name at most once")
+            raise ValueError(_UNIQUE_VOLUMES)
         if set(names) & set(RESERVED_VOLUMES):
-            raise ValueError(f"volumes: {', '.join(RESERVED_VOLUMES)} are the operator's volume names")
-        return self
+            raise ValueError(_RESERVED_VOLUME_MESSAGE)
+        return volumes
 
 
 _MOUNT_NEEDS_VOLUME = "engine.volumeMounts: each name must be one of pod.volumes"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from tokenscale.api.models import AutoscalingMode, InferenceServiceSpec, SchedulingSpec
 from tokenscale.build.drift import pod_annotations
@@ -170,3 +170,20 @@ def children(name: str, namespace: str, spec: InferenceServiceSpec, *, current_r
         pod_monitor=pod_monitor(name, namespace, spec, service_label=service_label,
                                 namespace_label=namespace_label) if spec.monitoring.pod_monitor else None,
     )
+
+
+class BuildSettings(Protocol):
+    """The operator settings that shape its children (tokenscale.settings.Settings has them)."""
+
+    default_server_image: str
+    service_label: str
+    namespace_label: str
+
+
+def operator_children(name: str, namespace: str, spec: InferenceServiceSpec, settings: BuildSettings, *,
+                      current_replicas: int | None) -> Children:
+    """The children exactly as the operator creates them with these settings: the one call that
+    the reconciler and `tokenscale render` share, so the two cannot differ."""
+    return children(name, namespace, spec, current_replicas=current_replicas,
+                    default_server_image=settings.default_server_image,
+                    service_label=settings.service_label, namespace_label=settings.namespace_label)
