@@ -140,3 +140,16 @@ def test_every_example_renders_to_valid_kubernetes_objects(path):
     for obj in objects:
         if obj["kind"] != "PodMonitor":
             kubernetes_validate.validate(obj, "1.33", strict=True)
+
+
+def test_the_example_in_docs_pod_md_renders_with_every_setting_it_shows():
+    import re
+
+    text = (REPO / "docs" / "pod.md").read_text()
+    example = re.search(r"```yaml\n(.*?)```", text, re.S).group(1)
+    deployment = render(example, Settings())[0]
+    kubernetes_validate.validate(deployment, "1.33", strict=True)
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "llm-reader" and pod["terminationGracePeriodSeconds"] == 600
+    assert pod["topologySpreadConstraints"][0]["topologyKey"] == "topology.kubernetes.io/zone"
+    assert {"name": "chat-templates", "configMap": {"name": "templates"}} in pod["volumes"]
