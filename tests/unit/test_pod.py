@@ -107,6 +107,7 @@ INVALID = [
     ("label-value-too-long", _set("pod.labels", {"team": "x" * 64}), "labels"),
     ("label-value-bad-characters", _set("pod.labels", {"team": "a b"}), "labels"),
     ("unknown-pod-field", _set("pod.hostNetwork", True), "hostNetwork"),
+    ("operator-annotation-record", _set("pod.annotations", {"tokenscale.io/pod-annotations": "a"}), "annotations"),
     ("bad-service-account", _set("pod.serviceAccountName", "Not_A_Name"), "serviceAccountName"),
     ("bad-pull-secret", _set("pod.imagePullSecrets", [{"name": "UPPER"}]), "name"),
     ("pull-secret-unknown-field", _set("pod.imagePullSecrets", [{"name": "a", "namespace": "b"}]), "namespace"),

@@ -64,6 +64,9 @@ _ENV_SOURCE_MESSAGE = "valueFrom needs exactly one of secretKeyRef, configMapKey
 _ENV_VALUE_MESSAGE = "value and valueFrom are exclusive: set one"
 _ENV_FROM_SOURCES = ("configMapRef", "secretRef")
 _ENV_FROM_MESSAGE = "envFrom needs exactly one of configMapRef, secretRef"
+# The pod annotation in which the operator records the keys of spec.pod.annotations (build/drift.py).
+MANAGED_ANNOTATIONS = "tokenscale.io/pod-annotations"
+_RESERVED_ANNOTATION_MESSAGE = f"{MANAGED_ANNOTATIONS} is the operator's record of the pod annotations"
 _UNIQUE_MOUNT_PATHS = "each mountPath at most once"
 _RESERVED_MOUNT_MESSAGE = f"{', '.join(RESERVED_MOUNT_PATHS)} are the operator's mount paths"
 _UNIQUE_VOLUMES = "each volume name at most once"
@@ -709,6 +712,8 @@ def _check_labels(labels: dict[str, str]) -> dict[str, str]:
 def _check_annotations(annotations: dict[str, str]) -> dict[str, str]:
     for key in annotations:
         _check_key(key)
+    if MANAGED_ANNOTATIONS in annotations:
+        raise ValueError(_RESERVED_ANNOTATION_MESSAGE)
     if sum(len(k) + len(v) for k, v in annotations.items()) > 256 * 1024:
         raise ValueError("annotations may total at most 256 KiB")
     return annotations
@@ -784,7 +789,11 @@ class PodSpec(_Model):
         json_schema_extra=_rules((" && ".join(f"!('{key}' in self)" for key in RESERVED_POD_LABELS),
                                   _RESERVED_LABEL_MESSAGE)),
     )
-    annotations: dict[str, str] = Field(default_factory=dict, description="Annotations added to every serving pod.")
+    annotations: dict[str, str] = Field(
+        default_factory=dict,
+        description=f"Annotations added to every serving pod ({MANAGED_ANNOTATIONS} is the operator's record of them).",
+        json_schema_extra=_rules((f"!('{MANAGED_ANNOTATIONS}' in self)", _RESERVED_ANNOTATION_MESSAGE)),
+    )
     service_account_name: str | None = Field(
         default=None,
         max_length=253,

@@ -19,6 +19,8 @@ import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from tokenscale.api.models import MANAGED_ANNOTATIONS  # the pod annotation recording spec.pod.annotations
+
 _QUANTITY = re.compile(r"^([+-]?[0-9.]+)([eE][+-]?[0-9]+|[numkKMGTPE]i?|)$")
 _SUFFIX = {
     "": Decimal(1), "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"),
@@ -55,8 +57,6 @@ OWNED_POD_FIELDS = frozenset({
     "affinity", "nodeSelector", "tolerations", "priorityClassName", "runtimeClassName", "imagePullSecrets",
     "serviceAccountName", "serviceAccount", "topologySpreadConstraints",
 })
-# The pod template annotation listing the annotations tokenscale set (spec.pod.annotations).
-MANAGED_ANNOTATIONS = "tokenscale.io/pod-annotations"
 _QUANTITY_KEYS = ("resources", "sizeLimit", "limits", "requests", "divisor")
 
 
