@@ -367,3 +367,9 @@ def test_removed_scheduling_fields_and_hand_added_pod_labels_are_drift():
     live = _served(deployment_of(PLATFORM))
     live["spec"]["template"]["metadata"]["labels"]["hand-made"] = "1"
     assert differences(_wanted(deployment_of(PLATFORM)), live) == [".spec.template.metadata.labels.hand-made"]
+
+
+def test_zero_values_in_a_status_patch_are_still_written():
+    """A custom resource's status is stored verbatim: a 0 or "" not there yet must be written."""
+    assert differences({"recommendedReplicas": 0, "phase": ""}, {}) == [".recommendedReplicas", ".phase"]
+    assert differences({"spec": {"x": 0, "y": "", "z": False}}, {"spec": {}}) == []

@@ -4,7 +4,9 @@ The API server adds defaults (imagePullPolicy, terminationMessagePath, protocol,
 rewrites quantities in canonical form ("0.5" -> "500m"), so "equal" means: every field we set
 is present with the same value; fields we did not set are the server's business. Lists must
 have the same length (an extra container or env var someone added is drift). An absent field
-equals its zero value ("", false, 0, {}, []): the API server drops those when it stores an object.
+equals an empty one ({}, [], null) and, inside an object's spec or metadata, its zero value ("",
+false, 0): the API server drops those when it stores a built-in object (Go's omitempty). A status
+patch compared with the stored status (a custom resource's, kept verbatim) has no such zeros.
 
 Some fields of the pod template are ours even when the spec no longer asks for them, so that
 removing e.g. spec.pod.serviceAccountName also removes it from the Deployment: the pod spec
@@ -113,8 +115,8 @@ def differences(desired: Any, actual: Any, path: str = "", quantity: bool = Fals
         for key, value in desired.items():
             inner_quantity = quantity or key in _QUANTITY_KEYS
             if key not in actual:
-                if _is_zero(value):
-                    continue  # a zero value and an absent one mean the same to the server
+                if value in ({}, [], None) or (_is_zero(value) and path.startswith((".spec", ".metadata"))):
+                    continue  # an empty value and an absent one mean the same to the server
                 found.append(f"{path}.{key}")
                 continue
             found.extend(differences(value, actual[key], f"{path}.{key}", inner_quantity))
