@@ -57,6 +57,8 @@ def _rules(node: dict[str, Any], path: str) -> list[str]:
     out = [f"- `{path}`: {rule['message']} (`{rule['rule']}`)" for rule in node.get("x-kubernetes-validations", [])]
     for name, sub in node.get("properties", {}).items():
         out += _rules(sub, f"{path}.{name}")
+    if isinstance(node.get("items"), dict):  # the rules of each item of a list
+        out += _rules(node["items"], f"{path}[]")
     return out
 
 
