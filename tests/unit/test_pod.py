@@ -373,3 +373,23 @@ def test_zero_values_in_a_status_patch_are_still_written():
     """A custom resource's status is stored verbatim: a 0 or "" not there yet must be written."""
     assert differences({"recommendedReplicas": 0, "phase": ""}, {}) == [".recommendedReplicas", ".phase"]
     assert differences({"spec": {"x": 0, "y": "", "z": False}}, {"spec": {}}) == []
+
+
+def test_hand_edits_of_the_pod_settings_are_drift_and_the_repair_restores_them():
+    desired = deployment_of(PLATFORM)
+    live = _served(desired)
+    template = live["spec"]["template"]
+    template["spec"]["serviceAccountName"] = template["spec"]["serviceAccount"] = "default"
+    del template["spec"]["imagePullSecrets"]
+    del template["metadata"]["annotations"]["example.com/owner"]
+    template["spec"]["volumes"].append({"name": "extra", "emptyDir": {}})
+    template["spec"]["containers"][0]["env"][3]["valueFrom"]["secretKeyRef"]["name"] = "stolen"
+    template["spec"]["topologySpreadConstraints"][0]["maxSkew"] = 5
+    found = differences(_wanted(desired), live)
+    assert set(found) == {
+        ".spec.template.spec.serviceAccountName", ".spec.template.spec.imagePullSecrets",
+        ".spec.template.metadata.annotations.example.com/owner", ".spec.template.spec.volumes",
+        ".spec.template.spec.containers[0].env[3].valueFrom.secretKeyRef.name",
+        ".spec.template.spec.topologySpreadConstraints[0].maxSkew"}, found
+    repaired = {**live, "spec": overlay(live["spec"], desired["spec"])}
+    assert differences(_wanted(desired), repaired) == []
