@@ -31,6 +31,8 @@ PLATFORM: dict[str, Any] = {
             {"name": "chat-templates", "configMap": {"name": "templates", "defaultMode": 0o444}},
             {"name": "certs", "secret": {"secretName": "corp-ca"}},
             {"name": "scratch", "emptyDir": {"sizeLimit": "10Gi"}},
+            {"name": "podinfo", "downwardAPI": {"items": [{"path": "labels",
+                                                           "fieldRef": {"fieldPath": "metadata.labels"}}]}},
         ],
     },
     "engine": {
@@ -50,6 +52,7 @@ PLATFORM: dict[str, Any] = {
             {"name": "chat-templates", "mountPath": "/etc/templates", "readOnly": True},
             {"name": "certs", "mountPath": "/etc/ssl/corp", "readOnly": True, "subPath": "ca"},
             {"name": "scratch", "mountPath": "/scratch"},
+            {"name": "podinfo", "mountPath": "/etc/podinfo"},
         ],
     },
     "resources": {"gpus": 1, "memory": "64Gi"},
@@ -207,6 +210,7 @@ def test_every_engine_carries_the_pod_settings_into_a_valid_deployment(engine):
     assert volumes["chat-templates"] == {"name": "chat-templates",
                                          "configMap": {"name": "templates", "defaultMode": 0o444}}
     assert {"dshm", "model-cache", "certs", "scratch"} <= set(volumes)
+    assert volumes["podinfo"]["downwardAPI"]["items"][0]["path"] == "labels"  # the core spelling
     mounts = {mount["mountPath"]: mount for mount in container["volumeMounts"]}
     assert mounts["/etc/ssl/corp"] == {"name": "certs", "mountPath": "/etc/ssl/corp", "subPath": "ca",
                                        "readOnly": True}
