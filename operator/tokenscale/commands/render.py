@@ -35,18 +35,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "documents of other kinds are skipped")
     parser.add_argument("-n", "--namespace", default="default",
                         help="namespace of an InferenceService that names none (default: default)")
-    parser.add_argument("--current-replicas", type=int, default=None, metavar="N",
+    parser.add_argument("--current-replicas", type=_count, default=None, metavar="N",
                         help="replicas of the live Deployment, which an autoscaled service keeps "
                              "(default: none, as for a new service)")
-    parser.add_argument("--default-server-image", default=defaults.default_server_image,
+    parser.add_argument("--default-server-image", default=defaults.default_server_image, metavar="IMAGE",
                         help=f"image of the builtin engine, as `tokenscale run` has it "
                              f"(default: {defaults.default_server_image})")
-    parser.add_argument("--service-label", default=defaults.service_label,
+    parser.add_argument("--service-label", default=defaults.service_label, metavar="LABEL",
                         help=f"Prometheus label holding the service name, for the PodMonitor "
                              f"(default: {defaults.service_label})")
-    parser.add_argument("--namespace-label", default=defaults.namespace_label,
+    parser.add_argument("--namespace-label", default=defaults.namespace_label, metavar="LABEL",
                         help=f"Prometheus label holding the namespace, for the PodMonitor "
                              f"(default: {defaults.namespace_label})")
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a replica count")
+    return value
 
 
 def _read(filename: str) -> str:
