@@ -57,8 +57,10 @@ def service(generation: int = 2, **status: Any) -> dict[str, Any]:
     return obj
 
 
-def condition(kind: str, status: str, reason: str = "", message: str = "") -> dict[str, Any]:
-    return {"type": kind, "status": status, "reason": reason, "message": message}
+def condition(kind: str, status: str, reason: str = "AsExpected", message: str = "") -> dict[str, Any]:
+    """A condition as the operator writes it (metav1.Condition's shape)."""
+    return {"type": kind, "status": status, "reason": reason, "message": message,
+            "lastTransitionTime": "2026-12-02T08:00:00Z", "observedGeneration": 2}
 
 
 def test_no_status_yet_is_progressing():
