@@ -392,3 +392,18 @@ def test_a_condition_type_appears_once():
     ready = {"type": "Ready", "status": "True", "reason": "Fine", "message": "", "lastTransitionTime": "2026-12-02T00:00:00Z"}
     obj = {**copy.deepcopy(VALID), "status": {"conditions": [ready, ready]}}
     assert any("Duplicate value" in e for e in crdcheck.validate(obj, crd()))
+
+
+def test_the_operator_refuses_a_name_that_cannot_name_the_children():
+    """Where the CRD is older than this rule, the operator says why (InvalidSpec) instead of the
+    Deployment's bare "422 Unprocessable Entity" the real cluster showed for a 70-character name."""
+    from tokenscale import reconcile
+
+    owner = {**named("a" * 70), "metadata": {"name": "a" * 70, "namespace": "default"}}
+    with pytest.raises(SpecError) as raised:
+        reconcile.parse(owner)
+    assert str(raised.value).startswith("metadata.name must be at most 63 characters")
+    with pytest.raises(SpecError) as both:
+        parse_spec({"model": {"source": "x; rm -rf /"}}, name="9lives")
+    assert "spec.model.source" in str(both.value) and "DNS-1035" in str(both.value)
+    assert reconcile.parse(named("llama-8b")) == parse_spec(VALID["spec"])
