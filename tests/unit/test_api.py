@@ -19,8 +19,11 @@ from tokenscale.api.models import name_problems
 
 CRD_FILE = REPO / "crds" / "tokenscale.io_inferenceservices.yaml"
 EXAMPLES = sorted((REPO / "manifests" / "examples").glob("*.yaml"))
-# Documents that show an InferenceService a reader may copy.
-DOCS_WITH_EXAMPLES = [REPO / "README.md", REPO / "docs" / "demo.md"]
+# Pages that show an InferenceService a reader may copy (found by their ```yaml blocks).
+DOCS_WITH_EXAMPLES = [
+    page for page in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    if re.search(r"```yaml\n[^`]*kind: InferenceService", page.read_text())
+]
 
 VALID = {
     "apiVersion": "tokenscale.io/v1alpha1",
@@ -115,6 +118,10 @@ def test_schema_is_structural_and_documented():
         assert "$ref" not in node and "nullable" not in node, path
         if path != "spec" and not path.endswith(("[]", "}")):
             assert node.get("description"), f"{path} has no description (kubectl explain text)"
+
+
+def test_the_docs_show_inference_services():
+    assert {p.name for p in DOCS_WITH_EXAMPLES} >= {"README.md", "demo.md"}
 
 
 def inference_services(path: Path) -> list[dict]:
