@@ -249,6 +249,11 @@ def creation_errors(crd: dict[str, Any]) -> list[str]:
     for version in crd["spec"]["versions"]:
         schema = version["schema"]["openAPIV3Schema"]
         errors += _structural_errors(schema) + _rule_errors(schema, celpy.Environment()) + default_errors(schema)
-        names = [column["name"] for column in version.get("additionalPrinterColumns", [])]
+        columns = version.get("additionalPrinterColumns", [])
+        names = [column["name"] for column in columns]
         errors += [f"additionalPrinterColumns: Duplicate value: {n}" for n in sorted(set(names)) if names.count(n) > 1]
+        errors += [f"additionalPrinterColumns[{c['name']}].type: Unsupported value: {c['type']}" for c in columns
+                   if c["type"] not in ("integer", "number", "string", "boolean", "date")]
+        errors += [f"additionalPrinterColumns[{c['name']}].jsonPath: must start with '.'" for c in columns
+                   if not c["jsonPath"].startswith(".")]
     return errors
