@@ -312,7 +312,7 @@ def observed_status(settings: Settings, owner: dict[str, Any], spec: InferenceSe
 
 def parse(owner: dict[str, Any]) -> InferenceServiceSpec:
     """The spec, or SpecError with a condition-ready message."""
-    return parse_spec(owner.get("spec"))
+    return parse_spec(owner.get("spec"), name=(owner.get("metadata") or {}).get("name"))
 
 
 __all__ = ["Kube", "Outcome", "SpecError", "load_configuration", "observed_status", "parse", "read_service",

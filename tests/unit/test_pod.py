@@ -181,14 +181,14 @@ def test_label_and_annotation_keys_are_checked_by_the_model():
 
 
 def test_new_rules_hold_for_the_crd_defaults():
-    """The API server checks each default literal against the rules of its node when the CRD is
-    created (no nested defaults filled in): spec.pod defaults to {} and must pass as written."""
-    schema = crdcheck.version_schema(crd())["properties"]["spec"]
-    pod = schema["properties"]["pod"]
-    assert pod["default"] == {}
+    """The API server checks each default literal against the rules of its node and below when the
+    CRD is created, as written (no nested defaulting): spec.pod's and spec.engine's must pass."""
+    spec = crdcheck.version_schema(crd())["properties"]["spec"]["properties"]
+    for section in ("pod", "engine", "scheduling"):
+        assert crdcheck.default_errors(spec[section]) == [], section
+    grace = spec["pod"]["properties"]["terminationGracePeriodSeconds"]
+    assert grace["minimum"] <= spec["pod"]["default"]["terminationGracePeriodSeconds"] == grace["default"]
     assert crdcheck.validate(resource({"model": {"source": "m"}}), crd()) == []
-    assert pod["properties"]["terminationGracePeriodSeconds"]["default"] >= pod["properties"][
-        "terminationGracePeriodSeconds"]["minimum"]
 
 
 # --- the Deployment -------------------------------------------------------------------------------

@@ -33,6 +33,44 @@ RESOURCE_NAME_PATTERN = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+# A container image reference: [registry[:port]/]path[:tag][@digest], as the container runtimes parse it.
+_IMAGE_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+IMAGE_PATTERN = (
+    r"^(?:[a-zA-Z0-9](?:[-a-zA-Z0-9]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[-a-zA-Z0-9]*[a-zA-Z0-9])?)*(?::[0-9]+)?/)?"
+    rf"{_IMAGE_PATH_COMPONENT}(?:/{_IMAGE_PATH_COMPONENT})*"
+    r"(?::[a-zA-Z0-9_][a-zA-Z0-9_.-]{0,127})?(?:@[a-zA-Z][a-zA-Z0-9]*(?:[-_+.][a-zA-Z][a-zA-Z0-9]*)*:[0-9a-fA-F]{32,})?$"
+)
+# A hub id (org/name), a path or a URI: no spaces and no shell metacharacters (the source becomes an
+# engine argument).
+MODEL_SOURCE_PATTERN = r"^[A-Za-z0-9_./~][-A-Za-z0-9_./~:@+=%]*$"
+# An InferenceService's name becomes its Service's name (a DNS-1035 label) and a label value of its
+# pods: both allow at most 63 characters.
+NAME_MAX_LENGTH = 63
+NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+NAME_RULES = [
+    {
+        "rule": f"size(self.metadata.name) <= {NAME_MAX_LENGTH}",
+        "message": f"metadata.name must be at most {NAME_MAX_LENGTH} characters: it becomes the name of the "
+        "serving Service and a label value on the serving pods, which allow no more",
+    },
+    {
+        "rule": f"self.metadata.name.matches('{NAME_PATTERN}')",
+        "message": "metadata.name must start with a lowercase letter and hold only lowercase letters, digits "
+        "and '-' (a DNS-1035 label): it becomes the name of the serving Service",
+    },
+]
+
+
+def name_problems(name: Any) -> list[str]:
+    """Why an InferenceService name cannot name its children, in the CRD's words; [] when it can."""
+    if not isinstance(name, str):
+        return ["metadata.name: must be a string"]
+    problems = []
+    if len(name) > NAME_MAX_LENGTH:
+        problems.append(NAME_RULES[0]["message"])
+    if not re.match(NAME_PATTERN, name):
+        problems.append(NAME_RULES[1]["message"])
+    return problems
 CONFIG_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
 FIELD_PATH_PATTERN = (
     r"^(metadata\.(name|namespace|uid)|metadata\.(labels|annotations)\['[^']+'\]"
@@ -151,8 +189,9 @@ class ModelSpec(_Model):
     source: str = Field(
         min_length=1,
         max_length=512,
+        pattern=MODEL_SOURCE_PATTERN,
         description="The model to serve: a Hugging Face hub id (org/name) or an absolute path "
-        "inside the model cache volume.",
+        "inside the model cache volume. No spaces or shell metacharacters.",
     )
     served_name: str | None = Field(
         default=None,
@@ -308,7 +347,9 @@ class EngineSpec(_Model):
         default=None,
         min_length=1,
         max_length=512,
-        description="Container image. Defaults to the engine's release image configured in the operator.",
+        pattern=IMAGE_PATTERN,
+        description="Container image ([registry/]repository[:tag][@digest]). Defaults to the engine's release "
+        "image configured in the operator.",
     )
     args: list[str] = Field(
         default_factory=list,
@@ -522,22 +563,42 @@ class MonitoringSpec(_Model):
 
 
 class ScalingRules(_Model):
-    stabilization_seconds: int = Field(
+    """One direction's rate limits. Every field has its own default (different for scale-up and
+    scale-down), so a partial block such as `scaleDown: {stabilizationSeconds: 60}` is whole."""
+
+    stabilization_seconds: int
+    max_step_percent: int
+    max_step_pods: int
+
+
+def _stabilization(default: int, wins: str) -> Any:
+    return Field(
+        default=default,
         ge=0,
         le=3600,
-        description="Window over which the highest recommendation wins (for scale-down) or the lowest "
-        "(for scale-up). 0 acts at once.",
+        description=f"Window over which the {wins} recommendation wins, so a brief swing does not move the "
+        "replica count. 0 acts at once.",
     )
-    max_step_percent: int = Field(ge=1, le=1000, description="Largest change in one step, in percent.")
-    max_step_pods: int = Field(ge=1, le=1000, description="Largest change in one step, in pods.")
 
 
-def _scale_up_defaults() -> ScalingRules:
-    return ScalingRules(stabilization_seconds=0, max_step_percent=100, max_step_pods=4)
+def _step_percent(default: int) -> Any:
+    return Field(default=default, ge=1, le=1000, description="Largest change in one step, in percent.")
 
 
-def _scale_down_defaults() -> ScalingRules:
-    return ScalingRules(stabilization_seconds=300, max_step_percent=50, max_step_pods=1)
+def _step_pods(default: int) -> Any:
+    return Field(default=default, ge=1, le=1000, description="Largest change in one step, in pods.")
+
+
+class ScaleUpRules(ScalingRules):
+    stabilization_seconds: int = _stabilization(0, "lowest")
+    max_step_percent: int = _step_percent(100)
+    max_step_pods: int = _step_pods(4)
+
+
+class ScaleDownRules(ScalingRules):
+    stabilization_seconds: int = _stabilization(300, "highest")
+    max_step_percent: int = _step_percent(50)
+    max_step_pods: int = _step_pods(1)
 
 
 class ActivationSpec(_Model):
@@ -621,10 +682,8 @@ class AutoscalingSpec(_Model):
         description="Demand at this multiple of ready capacity enters panic mode: scale up at once, "
         "no scale-down for a stabilisation window.",
     )
-    scale_up: ScalingRules = Field(default_factory=_scale_up_defaults, description="Scale-up behaviour.")
-    scale_down: ScalingRules = Field(
-        default_factory=_scale_down_defaults, description="Scale-down behaviour."
-    )
+    scale_up: ScaleUpRules = Field(default_factory=ScaleUpRules, description="Scale-up behaviour.")
+    scale_down: ScaleDownRules = Field(default_factory=ScaleDownRules, description="Scale-down behaviour.")
     scale_to_zero_after_seconds: int | None = Field(
         default=None,
         ge=0,
@@ -910,13 +969,36 @@ class _Status(_Model):
     model_config = ConfigDict(extra="ignore", frozen=False)
 
 
+# The shape of metav1.Condition, so tools that read standard conditions (kstatus, kubectl wait,
+# Argo CD, kube-state-metrics) read these.
+CONDITION_TYPE_PATTERN = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$"
+)
+CONDITION_REASON_PATTERN = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
+CONDITION_MESSAGE_MAX_LENGTH = 32768
+
+
 class Condition(_Status):
-    type: str = Field(description="Ready, Progressing, Degraded, MetricsAvailable, ScalingActive or ScalingLimited.")
+    type: str = Field(
+        max_length=316,
+        pattern=CONDITION_TYPE_PATTERN,
+        description="Ready, Progressing, Degraded, MetricsAvailable, ScalingActive or ScalingLimited.",
+    )
     status: str = Field(json_schema_extra={"enum": ["True", "False", "Unknown"]}, description="True, False or Unknown.")
-    reason: str = Field(default="", description="CamelCase reason.")
-    message: str = Field(default="", description="Human-readable detail.")
-    last_transition_time: str | None = Field(default=None, description="When the status last changed (RFC 3339).")
-    observed_generation: int | None = Field(default=None, description="The generation this reflects.")
+    reason: str = Field(
+        min_length=1, max_length=1024, pattern=CONDITION_REASON_PATTERN, description="CamelCase reason."
+    )
+    message: str = Field(max_length=CONDITION_MESSAGE_MAX_LENGTH, description="Human-readable detail.")
+    last_transition_time: str = Field(
+        json_schema_extra={"format": "date-time"}, description="When the status last changed (RFC 3339)."
+    )
+    observed_generation: int | None = Field(default=None, ge=0, description="The generation this reflects.")
+
+    @model_validator(mode="after")
+    def _known_status(self) -> Condition:
+        if self.status not in ("True", "False", "Unknown"):
+            raise ValueError("status must be True, False or Unknown")
+        return self
 
 
 class SignalsStatus(_Status):
@@ -988,7 +1070,12 @@ class InferenceServiceStatus(_Status):
     autoscaler: AutoscalerState | None = Field(
         default=None, description="The policy's memory (stabilisation windows), so a restart resumes."
     )
-    conditions: list[Condition] = Field(default_factory=list, description="Standard conditions.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        max_length=32,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+        description="Standard conditions (metav1.Condition), one per type.",
+    )
 
 
 class InferenceService(_Model):
@@ -1001,3 +1088,9 @@ class InferenceService(_Model):
     metadata: dict[str, Any] = Field(default_factory=dict)
     spec: InferenceServiceSpec
     status: InferenceServiceStatus | None = None
+
+    @model_validator(mode="after")
+    def _name_names_children(self) -> InferenceService:
+        if "name" in self.metadata and (problems := name_problems(self.metadata["name"])):
+            raise ValueError("; ".join(problems))
+        return self

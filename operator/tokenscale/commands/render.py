@@ -9,7 +9,6 @@ then, so a pipeline never applies half of a file.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from typing import Any
 
@@ -17,11 +16,7 @@ import yaml
 
 from tokenscale import build
 from tokenscale.api import API_VERSION, KIND, SpecError, parse_spec
-from tokenscale.api.models import DNS_LABEL_PATTERN
 from tokenscale.settings import Settings
-
-_NAME_MESSAGE = ("must be a DNS label of at most 63 characters (lower-case letters, digits and '-'): it names "
-                 "the Deployment and Service and is a label value")
 
 
 class RenderError(Exception):
@@ -84,11 +79,9 @@ def render_one(doc: dict[str, Any], settings: Settings, *, namespace: str,
     name = metadata.get("name")
     if not isinstance(name, str) or not name:
         raise RenderError("metadata.name: required")
-    if len(name) > 63 or not re.match(DNS_LABEL_PATTERN, name):
-        raise RenderError(f"metadata.name: {name!r} {_NAME_MESSAGE}")
     namespace = metadata.get("namespace") or namespace
     try:
-        spec = parse_spec(doc.get("spec"))
+        spec = parse_spec(doc.get("spec"), name=name)  # as the operator parses it, the name included
     except SpecError as error:
         raise RenderError(f"{namespace}/{name}: {error}") from None
     children = build.operator_children(name, namespace, spec, settings, current_replicas=current_replicas)
