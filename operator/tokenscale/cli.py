@@ -11,6 +11,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "crd": ("tokenscale.commands.crd", "print the InferenceService CRD generated from the API models"),
     "run": ("tokenscale.commands.run", "run the operator against the current kubeconfig"),
+    "render": ("tokenscale.commands.render", "print the objects the operator would create for InferenceServices"),
     "simulate": ("tokenscale.commands.simulate", "replay a trace through the policy in the simulator"),
     "bench": ("tokenscale.commands.bench", "benchmarks (autoscaling: policies vs. baselines on traces)"),
     "demo": ("tokenscale.commands.demo", "the local closed loop: operator, servers, Prometheus, load"),
