@@ -88,7 +88,7 @@ class Activator:
         self.held_gauge = Gauge("tokenscale_activator_held_requests", "Requests the activator holds now",
                                 ["namespace", "service"], registry=self.registry)
         self.requests = Counter("tokenscale_activator_requests", "Requests by outcome: forwarded (held or "
-                                "not), rejected_full, timed_out, client_gone, unresolved, upstream_error",
+                                "not), rejected_full, timed_out, client_gone, unresolved",
                                 ["namespace", "service", "outcome"], registry=self.registry)
         self.held_max = 0  # the most requests held at once, all services (the demo reports it)
         self._services: dict[ServiceKey, _Service] = {}
