@@ -21,7 +21,9 @@ from tokenscale.build.routing import (
     routes_to_activator,
     uses_activator,
     wakes_from_zero,
+    with_activation,
 )
+from tokenscale.policy import History, ReplicaState, Signals, decide
 
 MODEL = {"source": "org/model"}
 
@@ -102,3 +104,20 @@ def test_stamps_round_trip_with_milliseconds() -> None:
     stamp = rfc3339(1_790_000_000.123)
     assert stamp.endswith(".123Z")
     assert activation_requested_at({ACTIVATION_ANNOTATION: stamp}) == pytest.approx(1_790_000_000.123)
+
+
+def test_the_tick_reads_a_recent_request_as_demand_and_none_as_zero() -> None:
+    s = spec(minReplicas=0, activation={"activator": True}, scaleToZeroAfterSeconds=60)
+    now = 10_000.0
+    at_zero = ReplicaState(current=0, ready=0)
+    woken = decide(with_activation(Signals(), s, now - 3, now), s.autoscaling, at_zero, History(), now)
+    assert (woken.desired, woken.limited_by) == (1, "activation")
+    idle = decide(with_activation(Signals(), s, now - 300, now), s.autoscaling, at_zero, History(), now)
+    assert (idle.desired, idle.limited_by, idle.metrics_available) == (0, "scaleToZero", True)
+    # Just woken, no tokens in the rate window yet: a recent request is activity, not idleness.
+    quiet = Signals(tokens_per_second=0.0, queue_depth=0.0, running_requests=0.0)
+    history = History(idle_since=now - 3600)
+    busy = decide(with_activation(quiet, s, now - 3, now), s.autoscaling, ReplicaState(1, 1), history, now)
+    assert busy.desired == 1 and busy.history.idle_since is None
+    plain = spec(minReplicas=1)
+    assert with_activation(quiet, plain, now, now) is quiet

@@ -12,14 +12,17 @@ what it receives straight to a ready pod, so the overlap costs one hop, never a 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import ipaddress
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from tokenscale.api.models import InferenceServiceSpec
 from tokenscale.build.labels import MANAGED_BY, SERVICE_LABEL
+from tokenscale.policy.types import Signals
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"  # joins a slice to its Service (kube-proxy reads it)
 SLICE_MANAGER_LABEL = "endpointslice.kubernetes.io/managed-by"
@@ -167,3 +170,16 @@ def activation_signal(annotations: Mapping[str, str] | None, now: float,
     if requested is None:
         return 0.0
     return 1.0 if now - requested <= fresh_seconds else 0.0
+
+
+def with_activation(signals: Signals, spec: InferenceServiceSpec, requested_at: float | None, now: float,
+                    fresh_seconds: float = ACTIVATION_FRESH_SECONDS) -> Signals:
+    """The tick's signals for a service woken by the activator: `activation` is 1 while a held
+    request is recent (at zero: wake it; above zero: it is not idle, so the next tick does not
+    scale it back to zero) and 0 otherwise: known, not missing. An activation query's own value,
+    when the spec has one too, counts as well. Other services' signals pass unchanged."""
+    if not uses_activator(spec):
+        return signals
+    recent = requested_at is not None and now - requested_at <= fresh_seconds
+    query = signals.activation if signals.activation is not None and math.isfinite(signals.activation) else 0.0
+    return dataclasses.replace(signals, activation=max(1.0 if recent else 0.0, query))
