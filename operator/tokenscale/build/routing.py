@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tokenscale.api.models import InferenceServiceSpec
+from tokenscale.api.models import AutoscalingSpec, InferenceServiceSpec
 from tokenscale.build.labels import MANAGED_BY, SERVICE_LABEL
 from tokenscale.policy.types import Signals
 
@@ -36,9 +36,9 @@ ACTIVATION_REFRESH_SECONDS = 10.0
 ACTIVATION_FRESH_SECONDS = 30.0
 
 
-def uses_activator(spec: InferenceServiceSpec) -> bool:
+def uses_activator(spec: InferenceServiceSpec | AutoscalingSpec) -> bool:
     """The service scales to zero and is woken by the activator's held requests."""
-    scaling = spec.autoscaling
+    scaling = spec.autoscaling if isinstance(spec, InferenceServiceSpec) else spec
     return bool(scaling.enabled and scaling.min_replicas == 0 and scaling.activation is not None
                 and scaling.activation.activator)
 
@@ -172,7 +172,8 @@ def activation_signal(annotations: Mapping[str, str] | None, now: float,
     return 1.0 if now - requested <= fresh_seconds else 0.0
 
 
-def with_activation(signals: Signals, spec: InferenceServiceSpec, requested_at: float | None, now: float,
+def with_activation(signals: Signals, spec: InferenceServiceSpec | AutoscalingSpec, requested_at: float | None,
+                    now: float,
                     fresh_seconds: float = ACTIVATION_FRESH_SECONDS) -> Signals:
     """The tick's signals for a service woken by the activator: `activation` is 1 while a held
     request is recent (at zero: wake it; above zero: it is not idle, so the next tick does not

@@ -4,8 +4,8 @@
 `max_held`, for at most `hold_timeout_s`; past either it is dropped as the activator's 503) and
 routes the held ones as soon as a replica is ready: their TTFT includes the wait. The
 `ActivatorPolicy` runs `tokenscale.policy.decide` at its tick with the activation signal the
-operator derives from the activator's wake-up annotation (1 while a request was held in the last
-ACTIVATION_FRESH_SECONDS), and between ticks scales 0 -> 1 the moment a request is held, as the
+operator derives from the activator's wake-up annotation (`build.routing.with_activation`: 1
+while a request was held in the last 30 s, else 0), and between ticks scales 0 -> 1 the moment a request is held, as the
 operator's handler does. `compare` sets it against keeping one replica on the same trace.
 """
 
@@ -18,7 +18,7 @@ from collections import deque
 import numpy as np
 
 from tokenscale.api import AutoscalingSpec
-from tokenscale.build.routing import ACTIVATION_FRESH_SECONDS
+from tokenscale.build.routing import with_activation
 from tokenscale.policy.types import ReplicaState
 
 from .autoscalers import TokenscalePolicy, signals_from
@@ -96,8 +96,8 @@ class ActivatorPolicy(TokenscalePolicy):
             return sim.desired
         self._next_tick = now + self.tick_s
         _starting, ready, _draining = sim.replica_counts()
-        recent = now - cluster.last_held_at <= ACTIVATION_FRESH_SECONDS
-        signals = dataclasses.replace(signals_from(sim.metrics, now), activation=1.0 if recent else 0.0)
+        requested_at = cluster.last_held_at if math.isfinite(cluster.last_held_at) else None
+        signals = with_activation(signals_from(sim.metrics, now), self.spec, requested_at, now)
         decision = self._decide(signals, self.spec, ReplicaState(current=sim.desired, ready=ready), self.history, now)
         self.history = decision.history
         if decision.changed:
