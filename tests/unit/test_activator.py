@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import aiohttp
 import pytest
@@ -264,3 +265,34 @@ def test_resolve_by_host_then_by_model() -> None:
     with pytest.raises(Unresolved) as error:
         resolve("chat", json.dumps({"model": "m9"}).encode(), services)
     assert error.value.status == 404
+
+
+@pytest.mark.asyncio
+async def test_a_replica_that_refuses_is_tried_again_after_a_pause(replica) -> None:
+    """Listed ready but answering 503 (draining, or not serving yet): retried, not passed on."""
+    from aiohttp.test_utils import TestServer
+
+    calls = []
+
+    async def refuse(request: web.Request) -> web.Response:
+        calls.append(time.monotonic())
+        return web.json_response({"error": {"message": "draining"}}, status=503)
+
+    app = web.Application()
+    app.router.add_post("/v1/completions", refuse)
+    refusing = TestServer(app)
+    await refusing.start_server()
+    cluster = FakeCluster()
+    cluster.endpoints[SERVICE.key] = [str(refusing.make_url("")).rstrip("/")]
+    activator = await start(cluster)
+    try:
+        async with aiohttp.ClientSession() as session:
+            pending = asyncio.create_task(post(session, activator))
+            await asyncio.sleep(0.3)
+            assert not pending.done() and 2 <= len(calls) <= 10  # paced by the poll, not a busy loop
+            cluster.endpoints[SERVICE.key] = [replica]
+            response = await pending
+            assert response.status == 200
+    finally:
+        await activator.stop()
+        await refusing.close()

@@ -202,10 +202,17 @@ class Activator:
                 answer = await self._forward(request, body, service, state, endpoints, committed)
                 if answer is not None:
                     return answer
-                state.checked_at = float("-inf")  # every replica refused: read them again, hold meanwhile
-            outcome, committed = await self._hold(request, service, state, stream, deadline, committed)
-            if outcome == "ready":
-                continue
+                # Every replica refused (draining, or not serving yet though listed ready): read them
+                # again after a pause, within the same deadline.
+                state.checked_at = float("-inf")
+                if time.monotonic() < deadline:
+                    await asyncio.sleep(config.poll_seconds)
+                    continue
+                outcome = "timeout"
+            else:
+                outcome, committed = await self._hold(request, service, state, stream, deadline, committed)
+                if outcome == "ready":
+                    continue
             if outcome == "client_gone":
                 self.requests.labels(*service.key, "client_gone").inc()
                 return committed or web.Response(status=499)
