@@ -43,11 +43,11 @@ def main() -> int:
         (keep, _), (zero, held) = compare(workload, profile, spec, seeds=args.seeds)
         for result, stats in ((keep, None), (zero, held)):
             ratio = result.gpu_hours / keep.gpu_hours if keep.gpu_hours else float("nan")
+            p50 = f"{stats.held_ttft_p50_s:.1f}s" if stats else "-"
+            p99 = f"{stats.held_ttft_p99_s:.1f}s" if stats else "-"
             print(f"{rate:>10g} {result.policy:<27} {result.requests // result.seeds:>8} {result.gpu_hours:>7.2f} "
-                  f"{ratio:>6.2f} {(stats.held_fraction if stats else 0):>6.1%} "
-                  f"{(stats.held_ttft_p50_s if stats else float('nan')):>12.1f}s "
-                  f"{(stats.held_ttft_p99_s if stats else float('nan')):>8.1f}s {result.ttft_p99_s:>8.2f}s "
-                  f"{result.slo_attainment:>7.1%} {result.dropped:>7}")
+                  f"{ratio:>6.2f} {(stats.held_fraction if stats else 0):>6.1%} {p50:>13} {p99:>9} "
+                  f"{result.ttft_p99_s:>8.2f}s {result.slo_attainment:>7.1%} {result.dropped:>7}")
     return 0
 
 

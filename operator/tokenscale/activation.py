@@ -121,6 +121,9 @@ class Routes:
             self._routed[key] = _owner_ref(owner)
             return True
 
+    def known_unrouted(self, namespace: str, name: str) -> bool:
+        return (namespace, name) in self._routed and self._routed[(namespace, name)] is None
+
     def remove(self, namespace: str, name: str) -> None:
         """A replica is ready: the Service's own endpoints take the traffic again."""
         key = (namespace, name)
@@ -142,9 +145,8 @@ class Routes:
             return False  # no activator deployed: nothing to route to, no slice to remove
         if routes_to_activator(spec, desired_replicas=desired, ready_replicas=ready):
             return self.ensure(owner)
-        if uses_activator(spec) or (meta["namespace"], meta["name"]) in self._routed:
-            self.remove(meta["namespace"], meta["name"])
-        return False
+        self.remove(meta["namespace"], meta["name"])  # once per service (a slice left by a restart or an
+        return False  # older spec goes), then known: no request
 
     def before_scale_to_zero(self, owner: dict[str, Any], spec: InferenceServiceSpec) -> bool:
         """Call before asking the last replica to stop. False: do not scale to zero (nothing would
@@ -279,6 +281,13 @@ def route_at_zero(body: kopf.Body, memo: Any, **_: Any) -> None:
     if not name or not namespace or body.metadata.get("deletionTimestamp"):
         return
     shared = routes(memo)
+    if shared.activator is None:
+        return  # no activator deployed: no slices, and no reads for them
+    desired = int((body.get("spec") or {}).get("replicas") or 0)
+    ready = int((body.get("status") or {}).get("readyReplicas") or 0)
+    shared.note_replicas(namespace, name, desired)
+    if desired > 0 and ready > 0 and shared.known_unrouted(namespace, name):
+        return  # serving, and known to have no slice: the common event costs no request
     api = kubernetes.client.CustomObjectsApi(shared.apps.api_client)
     try:
         owner = _json(api.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name)
@@ -289,7 +298,4 @@ def route_at_zero(body: kopf.Body, memo: Any, **_: Any) -> None:
     spec = _spec(owner)
     if spec is None or owner["metadata"].get("deletionTimestamp"):
         return
-    desired = int((body.get("spec") or {}).get("replicas") or 0)
-    ready = int((body.get("status") or {}).get("readyReplicas") or 0)
-    shared.note_replicas(namespace, name, desired)
     shared.sync(owner, spec, desired=desired, ready=ready)
