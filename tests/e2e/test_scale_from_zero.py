@@ -49,8 +49,7 @@ def test_requests_at_zero_are_held_answered_and_the_service_returns_to_zero(tmp_
     # Woken at once by the held requests (well before any scrape-and-tick could), then back to zero.
     events = summary["scale_events"]
     assert [(e["from_replicas"], e["to_replicas"]) for e in events] == [(0, 1), (1, 0), (0, 1), (1, 0)], context
-    for burst, wake in zip(summary["bursts_at_s"], (events[0], events[2]), strict=True):
-        assert wake["t"] - burst < 2.0, context
+    assert all(w is not None and w < 2.0 for w in summary["wake_seconds"]), context
     # ... the return to zero came only after the idle window following the last answer of a burst.
     first_done = max(r["first_token_seconds"] + r["sent_at"] for r in summary["requests"] if r["burst"] == 1
                      and r["first_token_seconds"] is not None)

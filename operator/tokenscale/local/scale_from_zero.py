@@ -329,6 +329,8 @@ class ScaleFromZeroLoop(Loop):
             "streams_with_heartbeats": sum(1 for o in streams if o.heartbeats > 0),
             "streams_ok": len(streams),
             "bursts_at_s": [round(b, 2) for b in record.bursts],
+            # from each burst to the Deployment's 0 -> 1 (as the kubelet saw it: up to 0.5 s late)
+            "wake_seconds": [_wake(record.timeline, b) for b in record.bursts],
             "max_held_requests": cfg.max_held_requests,
             "sent_to_activator": router.sent_to_fallback if router is not None else 0,
             "activator_slice_periods_s": [[round(a, 2), round(b, 2)] for a, b in
@@ -419,6 +421,11 @@ def _scale_events(timeline: list[Point]) -> list[dict[str, Any]]:
             events.append({"t": point.t, "from_replicas": last, "to_replicas": point.desired})
             last = point.desired
     return events
+
+
+def _wake(timeline: list[Point], burst: float) -> float | None:
+    woken = next((e["t"] for e in _scale_events(timeline) if e["from_replicas"] == 0 and e["t"] >= burst), None)
+    return None if woken is None else round(woken - burst, 2)
 
 
 def _round(value: float | None) -> float | None:
