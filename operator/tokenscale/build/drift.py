@@ -22,6 +22,9 @@ _SUFFIX = {
 }
 
 
+# Not kubernetes.utils.parse_quantity: importing it loads the whole kubernetes client (its
+# package __init__ imports the API client and config), and build/ is pure by contract
+# (pyproject's import-linter). It is also laxer than the API server ("1K", "1 Gi").
 def parse_quantity(value: object) -> Decimal | None:
     """A Kubernetes quantity as a number, or None when it is not one."""
     if isinstance(value, bool):
@@ -38,9 +41,11 @@ def parse_quantity(value: object) -> Decimal | None:
         base = Decimal(number)
     except InvalidOperation:
         return None
+    if suffix in _SUFFIX:  # before the exponent: "E" and "Ei" are suffixes (exa, exbi)
+        return base * _SUFFIX[suffix]
     if suffix[:1] in ("e", "E"):
         return base * Decimal(10) ** int(suffix[1:])
-    return base * _SUFFIX[suffix] if suffix in _SUFFIX else None
+    return None
 
 
 def _leaf_equal(desired: Any, actual: Any, quantity: bool) -> bool:
