@@ -87,3 +87,11 @@ def test_a_command_with_an_extra_says_which_to_install(venv):
     demo = run(venv / "bin" / "tokenscale", "demo", cwd=venv)
     assert demo.returncode == 2
     assert demo.stderr.strip().endswith("pip install 'tokenscale[demo]'"), demo.stderr
+
+
+def test_the_distribution_carries_its_license(venv):
+    code = ("import importlib.metadata as m; d = m.distribution('tokenscale'); "
+            "print(d.metadata.get('License-Expression') or d.metadata.get('License'), "
+            "any(f.name == 'LICENSE' for f in d.files))")
+    shown = run(venv / "bin" / "python", "-c", code, cwd=venv)
+    assert shown.stdout.split() == ["Apache-2.0", "True"], shown.stdout + shown.stderr
