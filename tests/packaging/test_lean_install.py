@@ -18,7 +18,7 @@ import pytest
 from tests.conftest import REPO
 from tokenscale.cli import COMMANDS, EXTRA_MODULES
 
-# About 40 s on an idle 2-core machine (mostly unpacking the kubernetes client); minutes under load.
+# 1.5 to 3 minutes on a shared 2-core machine, mostly unpacking the kubernetes client.
 pytestmark = pytest.mark.timeout(900)
 
 SOURCES = ("pyproject.toml", "README.md", "LICENSE", "operator", "server")
