@@ -23,6 +23,9 @@ class Command(NamedTuple):
 COMMANDS: dict[str, Command] = {
     "crd": Command("tokenscale.commands.crd", "print the InferenceService CRD generated from the API models"),
     "run": Command("tokenscale.commands.run", "run the operator against the current kubeconfig"),
+    "render": Command(
+        "tokenscale.commands.render", "print the objects the operator would create for InferenceServices"
+    ),
     "simulate": Command(
         "tokenscale.commands.simulate", "replay a trace through the policy in the simulator", extra="sim"
     ),

@@ -83,6 +83,13 @@ def test_crd_is_the_committed_crd(venv):
     assert printed.stdout == (REPO / "crds" / "tokenscale.io_inferenceservices.yaml").read_text()
 
 
+def test_render_prints_the_children(venv):
+    example = REPO / "manifests" / "examples" / "llama-3.1-8b-vllm.yaml"
+    printed = run(venv / "bin" / "tokenscale", "render", "-f", example, cwd=venv)
+    assert printed.returncode == 0, printed.stderr
+    assert "kind: Deployment" in printed.stdout and "kind: Service" in printed.stdout
+
+
 def test_a_command_with_an_extra_says_which_to_install(venv):
     simulated = run(venv / "bin" / "tokenscale", "simulate", "--generate", "poisson", cwd=venv)
     assert simulated.returncode == 2

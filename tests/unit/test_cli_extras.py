@@ -122,6 +122,10 @@ def test_the_operator_commands_run_without_any_extra():
     result = cli(["run", "--help"], blocked=blocked)
     assert result.returncode == 0, result.stderr
     assert "--namespace" in result.stdout
+    example = str(REPO / "manifests" / "examples" / "llama-3.1-8b-vllm.yaml")
+    result = cli(["render", "-f", example], blocked=blocked)
+    assert result.returncode == 0, result.stderr
+    assert "kind: Deployment" in result.stdout
 
 
 def test_an_import_error_outside_the_extra_is_not_disguised():
@@ -133,7 +137,7 @@ def test_an_import_error_outside_the_extra_is_not_disguised():
 
 
 def test_the_operator_commands_need_no_extra():
-    assert COMMANDS["run"].extra is None and COMMANDS["crd"].extra is None
+    assert all(COMMANDS[name].extra is None for name in ("run", "crd", "render"))
     assert {c.extra for c in COMMANDS.values()} <= {None, *EXTRA_MODULES}
 
 

@@ -33,5 +33,5 @@ class BuiltinAdapter(EngineAdapter):
             "--max-batch", str(spec.engine.max_batch_size),
             *flag("--max-model-len", spec.engine.max_model_len),
             *flag("--revision", spec.model.revision),
-            "--drain-timeout", str(self.termination_grace_seconds - self.drain_seconds - 10),
+            "--drain-timeout", str(self.shutdown_seconds(spec)),
         ]  # fmt: skip
