@@ -42,8 +42,8 @@ COMMANDS: dict[str, Command] = {
     ),
 }
 
-# The top-level modules each extra provides: an ImportError of one of them, in a command that needs
-# that extra, means the extra is not installed. tests/unit/test_cli_extras.py checks these against
+# The top-level modules each extra provides. A command whose extra lacks one of them, or fails to
+# import one, says to install the extra. tests/unit/test_cli_extras.py checks these against
 # pyproject.toml's optional dependencies.
 _SIM = ("numpy", "matplotlib", "rich")
 _SERVER = ("torch", "transformers", "tokenizers", "fastapi", "uvicorn")
