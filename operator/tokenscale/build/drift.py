@@ -18,11 +18,12 @@ restartedAt) is left alone.
 from __future__ import annotations
 
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation, localcontext
 from typing import Any
 
 from tokenscale.api.models import MANAGED_ANNOTATIONS  # the pod annotation recording spec.pod.annotations
 
+_EXACT_DIGITS = 100  # enough for any quantity the API server accepts (|value| < 2^63, 9 decimals)
 _QUANTITY = re.compile(r"^([+-]?[0-9.]+)([eE][+-]?[0-9]+|[numkKMGTPE]i?|)$")
 _SUFFIX = {
     "": Decimal(1), "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"),
@@ -33,6 +34,9 @@ _SUFFIX = {
 }
 
 
+# Not kubernetes.utils.parse_quantity: importing it loads the whole kubernetes client (its
+# package __init__ imports the API client and config), and build/ is pure by contract
+# (pyproject's import-linter). It is also laxer than the API server ("1K", "1 Gi").
 def parse_quantity(value: object) -> Decimal | None:
     """A Kubernetes quantity as a number, or None when it is not one."""
     if isinstance(value, bool):
@@ -49,9 +53,14 @@ def parse_quantity(value: object) -> Decimal | None:
         base = Decimal(number)
     except InvalidOperation:
         return None
-    if suffix[:1] in ("e", "E"):
-        return base * Decimal(10) ** int(suffix[1:])
-    return base * _SUFFIX[suffix] if suffix in _SUFFIX else None
+    # Exact arithmetic: the default 28 digits would round a long quantity, and a rounded value
+    # would differ from the one the API server stores (the drift check would never settle).
+    with localcontext(prec=_EXACT_DIGITS):
+        if suffix in _SUFFIX:  # before the exponent: "E" and "Ei" are suffixes (exa, exbi)
+            return base * _SUFFIX[suffix]
+        if suffix[:1] in ("e", "E"):
+            return base * Decimal(10) ** int(suffix[1:])
+    return None
 
 
 # Optional pod spec fields only the InferenceService sets: present live but not desired is drift.

@@ -264,15 +264,6 @@ def flash_crowd(
     return _finish(f"flash-crowd-{base_rps:g}-{peak_rps:g}rps", arrivals, *lengths.sample(rng, len(arrivals)))
 
 
-def rate_profile_shape(path: str | Path, *, points: int = 144) -> np.ndarray:
-    """The first `points` rates of a ServeGen rate profile (`window_start_s,sum_client_rate_rps,...`),
-    for `diurnal(shape=...)`; rates are normalised by the generator, only the shape matters."""
-    table = np.loadtxt(path, delimiter=",", skiprows=1, usecols=[1], ndmin=1)
-    if table.size == 0:
-        raise ValueError(f"{path}: no rows")
-    return table[:points]
-
-
 def sparse_sessions(
     sessions_per_hour: float,
     duration_s: float,
