@@ -44,6 +44,7 @@ from tokenscale.build.routing import (
     SERVICE_NAME_LABEL,
     ActivatorEndpoints,
     activation_requested_at,
+    activation_signal,
     activator_slice,
     activator_slice_name,
     ready_addresses,
@@ -260,7 +261,13 @@ def _spec(body: Any) -> InferenceServiceSpec | None:
         return None
 
 
-@kopf.on.event(GROUP, VERSION, PLURAL, annotations={ACTIVATION_ANNOTATION: kopf.PRESENT})
+def _recent(annotations: Any, **_: Any) -> bool:
+    """kopf's filter: only objects whose activation stamp is recent reach the handler (the stamp
+    stays on the object after the visit; its events cost nothing then)."""
+    return activation_signal(annotations, time.time()) > 0
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL, annotations={ACTIVATION_ANNOTATION: kopf.PRESENT}, when=_recent)
 def activation_requested(body: kopf.Body, memo: Any, **_: Any) -> None:
     """The activator holds a request for this service: wake it now if it is at zero."""
     if body.metadata.get("deletionTimestamp"):
