@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from tests.integration.conftest import Cluster, OperatorThread, wait_for
-from tests.integration.test_rbac import AGGREGATED, CHART, allows, api_requests
+from tests.integration.rbaccheck import AGGREGATED, CHART, allows, api_requests
 from tokenscale.activation import ACTIVATOR_SERVICE_ENV
 from tokenscale.build.routing import ACTIVATION_ANNOTATION, SERVICE_NAME_LABEL, SLICE_MANAGER_LABEL, rfc3339
 from tokenscale.settings import Settings

@@ -11,7 +11,7 @@ import kubernetes
 import yaml
 
 from tests.integration.conftest import Cluster
-from tests.integration.test_rbac import CHART, allows, api_requests
+from tests.integration.rbaccheck import CHART, allows, api_requests
 from tokenscale.activator.hosts import KnownService
 from tokenscale.activator.kube import KubeCluster
 from tokenscale.build.routing import (
