@@ -81,9 +81,10 @@ def story(cluster: Cluster, discovery) -> None:
     cluster.set_deployment_ready("team-a", "llama", ready=1)
     wait_for(lambda: slice_of(discovery) is None, message="the activator slice removed")
 
-    # Back to zero (as the autoscaler does, at least an idle window later: here 2.5 s, past the 1 s
-    # allowed for clock skew); the annotation left from the last visit wakes nothing.
-    time.sleep(2.5)
+    # Back to zero, as the autoscaler does once the service has been idle (a request's stamp is then
+    # old: it counts as demand for 30 s); the stamp left from the last visit wakes nothing.
+    stale = rfc3339(time.time() - 60)
+    cluster.patch_service("team-a", "llama", {"metadata": {"annotations": {ACTIVATION_ANNOTATION: stale}}})
     cluster.apps.patch_namespaced_deployment("llama", "team-a", {"spec": {"replicas": 0}})
     cluster.set_deployment_ready("team-a", "llama", ready=0)
     wait_for(lambda: slice_of(discovery), message="the activator slice again")
