@@ -116,8 +116,9 @@ class Routes:
                 log.warning("cannot route %s/%s to the activator: no ready activator pod (%s=%s)",
                             *key, ACTIVATOR_SERVICE_ENV, "/".join(self.activator or ("", "")) or "unset")
                 return False
-            if self._routed.get(key) is not None:
-                return True
+            known = self._routed.get(key)
+            if known is not None and known["metadata"].get("uid") == meta.get("uid"):
+                return True  # made for this very object (a namesake's slice went with its owner)
             self._apply(owner, endpoints)
             self._routed[key] = _owner_ref(owner)
             return True

@@ -58,6 +58,16 @@ def slice_of(discovery, name: str = "llama"):
         raise
 
 
+def _gone(read) -> bool:
+    try:
+        read()
+    except kubernetes.client.ApiException as error:
+        if error.status == 404:
+            return True
+        raise
+    return False
+
+
 def story(cluster: Cluster, discovery) -> None:
     cluster.create_service("team-a", "llama", SPEC)
     # At zero: the Service's traffic is routed to the activator's ready pod, under the Service's port name.
@@ -91,6 +101,14 @@ def story(cluster: Cluster, discovery) -> None:
     cluster.patch_service("team-a", "llama", {"spec": {"costPerGpuHour": 1.0}})  # an event with the old stamp
     time.sleep(1.5)
     assert cluster.apps.read_namespaced_deployment("llama", "team-a").spec.replicas == 0
+    # Deleted (its slice goes with it) and created again under the same name: routed again.
+    cluster.delete_service("team-a", "llama")
+    wait_for(lambda: slice_of(discovery) is None, message="the slice collected with its owner")
+    wait_for(lambda: _gone(lambda: cluster.apps.read_namespaced_deployment("llama", "team-a")),
+             message="the old Deployment collected")
+    cluster.create_service("team-a", "llama", SPEC)
+    again = wait_for(lambda: slice_of(discovery), message="the new service's activator slice")
+    assert again.metadata.owner_references[0].uid == cluster.get_service("team-a", "llama")["metadata"]["uid"]
     # ... and a service that does not use the activator gets no slice.
     cluster.create_service("team-a", "plain", {"model": {"source": "org/model"}, "replicas": 0,
                                                "autoscaling": {"enabled": False}})
