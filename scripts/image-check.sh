@@ -74,7 +74,7 @@ make_base() {
     # reaches PyPI wherever this machine's pip does. pip brings its own CA list unless told.
     if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
         cp /usr/local/share/ca-certificates/*.crt "$WORK/rootfs/usr/local/share/ca-certificates/"
-        chroot "$WORK/rootfs" update-ca-certificates >/dev/null
+        chroot "$WORK/rootfs" update-ca-certificates >/dev/null 2>&1
     fi
     local base mnt
     base=$(buildah from scratch)
