@@ -34,14 +34,17 @@ step() { printf '\n== %s (%ss)\n' "$*" "$(( $(date +%s) - STARTED ))"; }
 fail() { echo "image-check FAILED: $*" >&2; exit 1; }
 
 cleanup() {
-    [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null
-    [ -n "$CONTAINER" ] && buildah rm "$CONTAINER" >/dev/null 2>&1
+    local status=$?
+    set +e
+    if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null; wait "$SERVER_PID" 2>/dev/null; fi
+    if [ -n "$CONTAINER" ]; then buildah rm "$CONTAINER" >/dev/null 2>&1; fi
     if [ "${KEEP:-0}" != 1 ]; then
         buildah rmi "$SERVER_IMAGE" "$OPERATOR_IMAGE" >/dev/null 2>&1 || true
         rm -rf "$WORK"
     else
         echo "kept: $SERVER_IMAGE $OPERATOR_IMAGE $WORK"
     fi
+    exit "$status"
 }
 trap cleanup EXIT
 
@@ -103,7 +106,7 @@ build() {  # build IMAGE DOCKERFILE [buildah args...]
     local image=$1 dockerfile=$2
     shift 2
     step "buildah build -f $dockerfile -> $image"
-    buildah build --isolation chroot --layers -q -f "$ROOT/$dockerfile" -t "$image" \
+    buildah build --isolation chroot --layers --force-rm -f "$ROOT/$dockerfile" -t "$image" \
         --build-arg BASE_IMAGE="$BASE_IMAGE" "$@" "$ROOT" >"$WORK/build.log" 2>&1 \
         || { tail -30 "$WORK/build.log"; fail "building $dockerfile"; }
 }
@@ -125,14 +128,20 @@ check_server() {
     local c=$1 out
     step "server image: --device cuda without CUDA exits with the reason"
     buildah run --isolation chroot "$c" -- tokenscale-server tiny-model /tmp/tiny >/dev/null
+    buildah run --isolation chroot "$c" -- sh -c ': > /tmp/termination-log'  # as the kubelet does
     set +e
     out=$(buildah run --isolation chroot "$c" -- tokenscale-server serve --model /tmp/tiny \
         --device cuda --termination-log /tmp/termination-log 2>&1)
     local rc=$?
     set -e
     [ "$rc" = 3 ] || { echo "$out" | tail -5; fail "serve --device cuda exited $rc, not 3"; }
-    echo "$out" | grep -q "torch was built for CUDA None" || { echo "$out" | tail -5; fail "no reason given"; }
-    echo "$out" | grep "CUDA is not usable" | tail -1
+    local message
+    message=$(buildah run --isolation chroot "$c" -- cat /tmp/termination-log)
+    echo "termination message: $message"
+    case "$message" in
+        *"CUDA is not usable"*"was built for CUDA None (a CPU build of torch)"*) ;;
+        *) echo "$out" | tail -5; fail "the termination message does not give the reason" ;;
+    esac
 
     step "server image: serve the tiny model as uid 65532 and ask for one completion"
     buildah run --isolation chroot "$c" -- tokenscale-server serve --model /tmp/tiny --served-model-name tiny \
