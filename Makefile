@@ -12,12 +12,14 @@ PYTEST_ARGS ?=
 all: test
 
 # A virtual environment in the repository. torch is pinned and installed first so
-# that the `server` extra finds it satisfied and never pulls a CUDA build.
+# that the `server` extra finds it satisfied and never pulls a CUDA build. The base package is
+# only the operator; the extras add the simulator (sim), the local loop (demo), the batching
+# server (server) and the test tools (dev).
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_PIN)"
-	$(BIN)/python -m pip install -q -e ".[server,dev]"
+	$(BIN)/python -m pip install -q -e ".[server,sim,demo,dev]"
 	touch $(STAMP)
 
 setup: $(STAMP) prometheus

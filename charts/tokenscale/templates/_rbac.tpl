@@ -63,3 +63,23 @@ watched, a Role in each watched namespace otherwise. "clusterRules" are cluster-
   verbs: ["list", "watch", "patch"]
 {{- end }}
 {{- end }}
+
+{{/*
+For people, not the operator: aggregated into the built-in view, edit and admin ClusterRoles, so a
+namespace's users read (view) or manage (edit, admin) InferenceServices there with the roles they
+already hold. edit adds writing the spec, deleting, and `kubectl scale` (the scale subresource).
+*/}}
+{{- define "tokenscale.viewRules" -}}
+- apiGroups: ["tokenscale.io"]
+  resources: ["inferenceservices", "inferenceservices/status", "inferenceservices/scale"]
+  verbs: ["get", "list", "watch"]
+{{- end }}
+
+{{- define "tokenscale.editRules" -}}
+- apiGroups: ["tokenscale.io"]
+  resources: ["inferenceservices"]
+  verbs: ["create", "update", "patch", "delete", "deletecollection"]
+- apiGroups: ["tokenscale.io"]
+  resources: ["inferenceservices/scale"]
+  verbs: ["update", "patch"]
+{{- end }}

@@ -12,7 +12,6 @@ decoding. Sources and derivations of each profile are in docs/simulator.md.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 
 
@@ -108,7 +107,3 @@ def get_profile(name: str) -> ReplicaProfile:
         return PROFILES[name]
     except KeyError:
         raise ValueError(f"unknown profile {name!r}; known: {', '.join(sorted(PROFILES))}") from None
-
-
-def replicas_for(tokens_per_s: float, per_replica_tokens_per_s: float) -> int:
-    return max(0, math.ceil(tokens_per_s / per_replica_tokens_per_s - 1e-9))

@@ -262,12 +262,3 @@ def flash_crowd(
 
     arrivals = _poisson_arrivals(rng, rate, duration_s, max(peak_rps, base_rps))
     return _finish(f"flash-crowd-{base_rps:g}-{peak_rps:g}rps", arrivals, *lengths.sample(rng, len(arrivals)))
-
-
-def rate_profile_shape(path: str | Path, *, points: int = 144) -> np.ndarray:
-    """The first `points` rates of a ServeGen rate profile (`window_start_s,sum_client_rate_rps,...`),
-    for `diurnal(shape=...)`; rates are normalised by the generator, only the shape matters."""
-    table = np.loadtxt(path, delimiter=",", skiprows=1, usecols=[1], ndmin=1)
-    if table.size == 0:
-        raise ValueError(f"{path}: no rows")
-    return table[:points]
