@@ -93,3 +93,14 @@ def test_the_termination_message_is_written_only_into_an_existing_file(tmp_path)
     assert not (tmp_path / "missing").exists()
     assert write_termination_message("x" * 5000, str(existing))
     assert len(existing.read_text()) == 4096  # what the kubelet keeps
+
+
+def test_a_missing_model_is_reported_in_the_termination_message_too(tmp_path):
+    termination_log = tmp_path / "termination-log"
+    termination_log.write_text("")
+    missing = tmp_path / "no-model-here"
+    result = subprocess.run(
+        [sys.executable, "-m", "tokenscale_server.cli", "serve", "--model", str(missing),
+         "--termination-log", str(termination_log)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert termination_log.read_text() == f"no model at {missing} (expected a directory with config.json)"
