@@ -7,7 +7,7 @@ TORCH_PIN := torch==2.13.0
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: all setup prometheus test lint unit demo crds manifests check-generated bench clean
+.PHONY: all setup prometheus test lint unit demo crds manifests check-generated bench image-check clean
 
 all: test
 
@@ -62,6 +62,13 @@ bench: setup
 	$(BIN)/python bench/server_throughput.py
 	$(BIN)/python bench/operator_scale.py
 	$(BIN)/tokenscale bench autoscaling
+
+# Both images built with Debian's buildah (chroot isolation) on a Debian base made by debootstrap;
+# then the server image answers one completion with the tiny model. Not part of `make test`: it
+# takes minutes and needs root (apt-get installs buildah and debootstrap if missing) and network
+# access to Debian's mirror and PyPI. See docs/server.md.
+image-check:
+	PYTHON="$$(test -x $(BIN)/python && echo $(BIN)/python || echo $(PYTHON))" bash scripts/image-check.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

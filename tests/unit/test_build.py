@@ -176,7 +176,8 @@ def _as_served(deployment: dict[str, Any]) -> dict[str, Any]:
     pod = live["spec"]["template"]["spec"]
     pod.update(restartPolicy="Always", dnsPolicy="ClusterFirst", schedulerName="default-scheduler")
     for container in pod["containers"]:
-        container.update(terminationMessagePath="/dev/termination-log", terminationMessagePolicy="File")
+        container.setdefault("terminationMessagePath", "/dev/termination-log")
+        container.setdefault("terminationMessagePolicy", "File")
         resources = container.get("resources", {})
         for group in resources.values():
             for key, value in group.items():

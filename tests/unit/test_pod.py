@@ -287,7 +287,8 @@ def _served(deployment: dict[str, Any]) -> dict[str, Any]:
             if source in volume:
                 volume[source].setdefault("defaultMode", 420)
     for container in pod["containers"]:
-        container.update(terminationMessagePath="/dev/termination-log", terminationMessagePolicy="File")
+        container.setdefault("terminationMessagePath", "/dev/termination-log")
+        container.setdefault("terminationMessagePolicy", "File")
         for item in container.get("env", []):
             ref = item.get("valueFrom", {})
             if "fieldRef" in ref:

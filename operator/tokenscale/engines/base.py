@@ -123,6 +123,7 @@ class EngineAdapter:
                                          self.probes.liveness_failures),
             "lifecycle": {"preStop": {"sleep": {"seconds": self.drain_seconds}}},
             "securityContext": self.security_context(),
+            "terminationMessagePolicy": "FallbackToLogsOnError",  # the log's tail when no message was written
         })
         return container
 
