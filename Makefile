@@ -7,17 +7,19 @@ TORCH_PIN := torch==2.13.0
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: all setup prometheus test lint unit demo crds manifests check-generated bench clean
+.PHONY: all setup prometheus test lint unit demo crds manifests check-generated bench image-check clean
 
 all: test
 
 # A virtual environment in the repository. torch is pinned and installed first so
-# that the `server` extra finds it satisfied and never pulls a CUDA build.
+# that the `server` extra finds it satisfied and never pulls a CUDA build. The base package is
+# only the operator; the extras add the simulator (sim), the local loop (demo), the batching
+# server (server) and the test tools (dev).
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_PIN)"
-	$(BIN)/python -m pip install -q -e ".[server,dev]"
+	$(BIN)/python -m pip install -q -e ".[server,sim,demo,dev]"
 	touch $(STAMP)
 
 setup: $(STAMP) prometheus
@@ -60,6 +62,13 @@ bench: setup
 	$(BIN)/python bench/server_throughput.py
 	$(BIN)/python bench/operator_scale.py
 	$(BIN)/tokenscale bench autoscaling
+
+# Both images built with Debian's buildah (chroot isolation) on a Debian base made by debootstrap;
+# then the server image answers one completion with the tiny model. Not part of `make test`: it
+# takes minutes and needs root (apt-get installs buildah and debootstrap if missing) and network
+# access to Debian's mirror and PyPI. See docs/server.md.
+image-check:
+	PYTHON="$$(test -x $(BIN)/python && echo $(BIN)/python || echo $(PYTHON))" bash scripts/image-check.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -234,9 +234,7 @@ def realise(kube: Kube, settings: Settings, owner: dict[str, Any], spec: Inferen
     deployments = Children(kube, "Deployment")
     live = deployments.read(namespace, name)
     current = (live.get("spec") or {}).get("replicas") if live else None
-    wanted = build.children(name, namespace, spec, current_replicas=current,
-                            default_server_image=settings.default_server_image,
-                            service_label=settings.service_label, namespace_label=settings.namespace_label)
+    wanted = build.operator_children(name, namespace, spec, settings, current_replicas=current)
     actions = {"Deployment": apply_child(kube, owner, wanted.deployment),
                "Service": apply_child(kube, owner, wanted.service)}
     for kind, desired in (("PodDisruptionBudget", wanted.pod_disruption_budget),):
@@ -314,7 +312,7 @@ def observed_status(settings: Settings, owner: dict[str, Any], spec: InferenceSe
 
 def parse(owner: dict[str, Any]) -> InferenceServiceSpec:
     """The spec, or SpecError with a condition-ready message."""
-    return parse_spec(owner.get("spec"))
+    return parse_spec(owner.get("spec"), name=(owner.get("metadata") or {}).get("name"))
 
 
 __all__ = ["Kube", "Outcome", "SpecError", "load_configuration", "observed_status", "parse", "read_service",

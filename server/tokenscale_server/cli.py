@@ -10,6 +10,8 @@ import sys
 import threading
 import time
 
+from .device import DEVICE_UNUSABLE_EXIT, TERMINATION_LOG, cuda_problem, describe, write_termination_message
+
 log = logging.getLogger("tokenscale_server")
 
 
@@ -31,13 +33,18 @@ def _add_serve(sub) -> None:
                    help="waiting-queue bound; beyond it requests get 429 (default 256)")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
                    help="auto: bfloat16 on CUDA, float32 on CPU")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--device", default="auto",
+                   help="auto (CUDA when usable, else CPU), cpu, cuda or cuda:N; cuda refuses to start "
+                        "without a usable GPU rather than fall back to the CPU")
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads (default: the CPUs this process may use, within its cgroup quota)")
     p.add_argument("--api-key", default=None,
                    help="require `Authorization: Bearer KEY` (default: $TOKENSCALE_API_KEY, else open)")
     p.add_argument("--drain-timeout", type=float, default=30.0,
                    help="seconds SIGTERM waits for in-flight requests before exiting (default 30)")
+    p.add_argument("--termination-log", default=TERMINATION_LOG, metavar="PATH",
+                   help="where a fatal start-up error is also written for Kubernetes' "
+                        f"lastState.terminated.message, if the file exists (default {TERMINATION_LOG})")
     p.add_argument("--log-level", default="info")
 
 
@@ -91,9 +98,17 @@ def serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if looks_local(args.model) and not os.path.isfile(os.path.join(os.path.expanduser(args.model), "config.json")):
         # Fail before the slow imports: a missing volume should crash-loop fast and say why.
-        log.error("no model at %s (expected a directory with config.json)", args.model)
-        return 2
+        return fatal(args, f"no model at {args.model} (expected a directory with config.json)", 2)
     import torch
+
+    if args.device.startswith("cuda"):
+        problem = cuda_problem(args.device)
+        if problem is not None:
+            return fatal(args, describe(problem), DEVICE_UNUSABLE_EXIT)
+    elif args.device == "auto" and os.path.exists("/dev/nvidiactl"):
+        problem = cuda_problem("cuda")
+        if problem is not None:  # allowed with auto, but never silent
+            log.warning("an NVIDIA device is present but --device auto runs on the CPU: %s", describe(problem))
 
     torch.set_num_threads(args.threads or default_threads())
     # The engine thread and the event loop share the GIL; Python's default 5 ms switch interval
@@ -121,6 +136,13 @@ def serve(args: argparse.Namespace) -> int:
     app.state.server.on_fatal = server.fail
     server.run()
     return server.exit_code
+
+
+def fatal(args: argparse.Namespace, message: str, exit_code: int) -> int:
+    """Log a start-up failure and leave it where Kubernetes shows it; returns the exit code."""
+    log.error("%s", message)
+    write_termination_message(message, args.termination_log)
+    return exit_code
 
 
 class DrainingServer:

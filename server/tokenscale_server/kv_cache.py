@@ -32,9 +32,9 @@ class SlotKVCache:
 
 
 class CacheView:
-    """What the HF attention modules see as `past_key_values` for one forward pass.
+    """What the HF attention modules see as `cache` for one forward pass.
 
-    Llama-family attention calls only `update(key, value, layer_idx)`: it writes the new
+    Llama-family attention calls only `cache.update(key, value, layer_idx)`: it writes the new
     keys/values of rows [first_row, first_row + rows) at `write_positions` (`[rows, q_len]`)
     and returns the first `read_len` positions of those rows, a view into the slot tensors.
     """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass
 
@@ -56,6 +57,10 @@ class ModelRunner:
         self.model = loaded.model
         self.decoder = loaded.model.get_decoder()
         self.lm_head = loaded.model.get_output_embeddings()
+        if "cache" not in inspect.signature(self.decoder.forward).parameters:
+            # transformers < 5.24 calls it `past_key_values`; an unknown keyword would be ignored
+            # and every step would run without the cache.
+            raise RuntimeError(f"{type(self.decoder).__name__}.forward takes no `cache`: transformers >= 5.24 needed")
         self.device = loaded.device
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
@@ -91,7 +96,7 @@ class ModelRunner:
             input_ids=tokens.to(device),
             position_ids=positions.clamp(max=self.max_len - 1).to(device),
             attention_mask=mask[:, None].to(device),
-            past_key_values=view,
+            cache=view,
             use_cache=True,
         ).last_hidden_state
         last = hidden[torch.arange(rows, device=device), (lengths - 1).to(device)]

@@ -68,10 +68,14 @@ def rendered(values: dict[str, Any]) -> list[dict[str, Any]]:
             for doc in yaml.safe_load_all(text) if isinstance(doc, dict)]
 
 
+AGGREGATED = {f"rbac.authorization.k8s.io/aggregate-to-{role}" for role in ("view", "edit", "admin")}
+
+
 def roles(objects: list[dict[str, Any]]) -> dict[tuple[str, str | None], list[dict[str, Any]]]:
-    """(kind, namespace) -> rules of every ClusterRole and Role."""
+    """(kind, namespace) -> rules of every ClusterRole and Role bound to the operator (the roles
+    aggregated into the built-in view/edit/admin are for people)."""
     return {(o["kind"], o["metadata"].get("namespace")): o["rules"]
-            for o in objects if o["kind"] in ("ClusterRole", "Role")}
+            for o in objects if o["kind"] in ("ClusterRole", "Role") and not AGGREGATED & set(o["metadata"]["labels"])}
 
 
 def allows(rules: Iterable[dict[str, Any]], record: RequestRecord) -> bool:

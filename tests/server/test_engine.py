@@ -6,13 +6,33 @@ from __future__ import annotations
 import random
 import threading
 import time
+import warnings
 
 import pytest
 import torch
 
 from tokenscale_server.engine import Engine, EngineConfig, QueueFull
 from tokenscale_server.metrics import ServerMetrics
+from tokenscale_server.model_runner import ModelRunner
 from tokenscale_server.sampling import SamplingParams
+
+# transformers 5.24 renamed the decoder's `past_key_values` to `cache` and warns on every call
+# with the old name: in these tests that warning is an error.
+pytestmark = pytest.mark.filterwarnings("error:`past_key_values` is deprecated:FutureWarning")
+
+
+def test_a_forward_pass_uses_the_cache_keyword_and_warns_nothing(tiny_loaded):
+    runner = ModelRunner(tiny_loaded, slots=2, max_len=64)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        prefill = runner.forward(0, [[5, 6, 7], [8, 9]], [0, 0])
+        decode = runner.forward(0, [[10], [11]], [3, 2])
+    assert [str(w.message) for w in caught if "past_key_values" in str(w.message)] == []
+    assert prefill.shape == decode.shape == (2, runner.vocab_size)
+    # The preallocated cache took the keys in place: positions past each row's tokens stay zero.
+    keys = runner.cache.keys[0]
+    assert keys[0, :, :4].abs().sum() > 0 and keys[1, :, :3].abs().sum() > 0
+    assert keys[1, :, 3:64].abs().sum() == 0
 
 
 class Collector:

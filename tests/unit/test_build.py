@@ -8,6 +8,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
+from tests.unit.test_pod import PLATFORM
 from tokenscale import build
 from tokenscale.api import EngineType, parse_spec
 from tokenscale.build import conditions
@@ -36,6 +37,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "monitoring": {"podMonitor": True},
         "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 10},
     },
+    "platform": PLATFORM,  # spec.pod, env valueFrom/envFrom, volumes and mounts, topology spread
     "manual-one-replica": {"model": {"source": "/models/local-llama"}, "autoscaling": {"enabled": False},
                            "replicas": 1, "modelCache": {"sizeLimit": "200Gi"}},
     "manual-three-replicas-cpu-quantities": {
@@ -174,7 +176,8 @@ def _as_served(deployment: dict[str, Any]) -> dict[str, Any]:
     pod = live["spec"]["template"]["spec"]
     pod.update(restartPolicy="Always", dnsPolicy="ClusterFirst", schedulerName="default-scheduler")
     for container in pod["containers"]:
-        container.update(terminationMessagePath="/dev/termination-log", terminationMessagePolicy="File")
+        container.setdefault("terminationMessagePath", "/dev/termination-log")
+        container.setdefault("terminationMessagePolicy", "File")
         resources = container.get("resources", {})
         for group in resources.values():
             for key, value in group.items():

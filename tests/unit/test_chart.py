@@ -196,6 +196,16 @@ def one(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     return found
 
 
+AGGREGATE_TO = "rbac.authorization.k8s.io/aggregate-to-"
+
+
+def operator_role(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ClusterRole bound to the operator (the others are aggregated into users' roles)."""
+    (role,) = [r for r in by_kind(objects, "ClusterRole")
+               if not any(label.startswith(AGGREGATE_TO) for label in r["metadata"]["labels"])]
+    return role
+
+
 def operator_container(objects: list[dict[str, Any]]) -> dict[str, Any]:
     (container,) = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
     return container
@@ -266,6 +276,7 @@ def test_defaults_install_everything_for_all_namespaces(chart):
     assert kinds == sorted(
         ["CustomResourceDefinition"] * 3
         + ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment", "PodDisruptionBudget"]
+        + ["ClusterRole"] * 2  # aggregated into the built-in view and edit roles
     )
     settings = run_settings(objects)
     assert settings.clusterwide and settings.standalone and settings.peering is None
@@ -315,9 +326,41 @@ def test_namespaced_mode_grants_roles_only_in_the_watched_namespaces(chart):
     for binding in bindings:
         assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": RELEASE}
         assert binding["subjects"][0]["namespace"] == NAMESPACE
-    cluster_resources = {res for rule in one(objects, "ClusterRole")["rules"] for res in rule["resources"]}
+    cluster_resources = {res for rule in operator_role(objects)["rules"] for res in rule["resources"]}
     # Cluster-wide only what is cluster-scoped: nothing that lives in a namespace.
     assert cluster_resources == {"customresourcedefinitions", "namespaces"}
+
+
+def _grants(role: dict[str, Any]) -> set[tuple[str, str, str]]:
+    return {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
+            for resource in rule["resources"] for verb in rule["verbs"]}
+
+
+@pytest.mark.parametrize("scenario", ["defaults", "namespaced", "ha"])
+def test_users_built_in_roles_gain_inferenceservices_by_aggregation(chart, scenario):
+    """Namespace users with the built-in view / edit / admin roles read / manage InferenceServices: the
+    API server's aggregation controller folds ClusterRoles carrying these labels into those roles."""
+    roles = {r["metadata"]["name"]: r for r in by_kind(render(chart, SCENARIOS[scenario]), "ClusterRole")}
+    view, edit = roles[f"{RELEASE}-view"], roles[f"{RELEASE}-edit"]
+    true = {f"{AGGREGATE_TO}{name}": "true" for name in ("view", "edit", "admin")}
+    assert view["metadata"]["labels"].items() >= true.items()
+    assert edit["metadata"]["labels"].items() >= {k: v for k, v in true.items() if not k.endswith("view")}.items()
+    assert f"{AGGREGATE_TO}view" not in edit["metadata"]["labels"]  # viewers get no writes
+    group = "tokenscale.io"
+    reads = {(group, "inferenceservices", verb) for verb in ("get", "list", "watch")}
+    assert reads <= _grants(view)
+    assert all(verb in ("get", "list", "watch") for _, _, verb in _grants(view))
+    writes = {(group, "inferenceservices", verb) for verb in ("create", "update", "patch", "delete")}
+    assert writes | {(group, "inferenceservices/scale", verb) for verb in ("update", "patch")} <= _grants(edit)
+    # Status stays the operator's: no user role writes it.
+    assert not any(res == "inferenceservices/status" and verb not in ("get", "list", "watch")
+                   for _, res, verb in _grants(view) | _grants(edit))
+    # Nothing but InferenceServices, and never a wildcard.
+    assert {g for g, _, _ in _grants(view) | _grants(edit)} == {group}
+    assert "*" not in {v for _, _, v in _grants(view) | _grants(edit)}
+    # Not bound to anyone by the chart: aggregation is the only way they take effect.
+    bindings = by_kind(render(chart, SCENARIOS[scenario]), "ClusterRoleBinding")
+    assert all(b["roleRef"]["name"] == RELEASE for b in bindings)
 
 
 def test_ha_runs_several_peered_replicas(chart):
@@ -679,7 +722,7 @@ def test_the_image_runs_the_operator_as_the_chart_expects(chart):
     assert (pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsGroup"]) == (65532, 65532)
     assert pod["containers"][0]["args"] == ["run"]
     # No extras: the operator image never pulls the batching server's torch.
-    assert "pip wheel --no-cache-dir --wheel-dir /wheels ." in dockerfile and ".[" not in dockerfile
+    assert "RUN pip install . " in dockerfile and ".[" not in dockerfile
     for line in dockerfile.splitlines():
         if line.startswith("COPY ") and "--from" not in line:
             for source in line.split()[1:-1]:

@@ -81,7 +81,7 @@ def test_builtin_runs_tokenscale_server_with_the_operator_image():
     assert "resources" not in container or "limits" not in container["resources"]  # gpus: 0 is CPU
     # It drains on SIGTERM within the grace period the pod gives it.
     drain = float(value_after(args, "--drain-timeout"))
-    assert 0 < drain < adapter.termination_grace_seconds - adapter.drain_seconds
+    assert 0 < drain < adapter.termination_grace_seconds(spec) - adapter.drain_seconds
 
 
 def test_image_override_and_extra_args_win():

@@ -62,3 +62,38 @@ def test_a_replica_that_resets_the_connection_is_retried_elsewhere():
             await good.cleanup()
 
     asyncio.run(scenario())
+
+
+def test_without_a_ready_replica_requests_go_to_the_fallback_with_the_services_host():
+    """The scale-from-zero scenario: the activator stands behind the router while no replica is ready."""
+
+    async def scenario() -> None:
+        seen: list[str] = []
+
+        async def activator(request: web.Request) -> web.Response:
+            seen.append(request.headers["Host"])
+            return web.json_response({"via": "activator"})
+
+        app = web.Application()
+        app.router.add_post("/v1/completions", activator)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        host, port = runner.addresses[0][:2]
+        good, good_url = await _answering_backend()
+        router = Router(fallback=f"http://{host}:{port}", fallback_host="chat.team-a.svc.cluster.local:8000")
+        await router.start()
+        try:
+            async with aiohttp.ClientSession() as session:
+                async with session.post(router.url + "/v1/completions", data=b"{}") as response:
+                    assert (await response.json()) == {"via": "activator"}
+                router.set_backends({"good": good_url})  # a replica is ready: no more detours
+                async with session.post(router.url + "/v1/completions", data=b"{}") as response:
+                    assert (await response.json()) == {"bytes": 2}
+            assert seen == ["chat.team-a.svc.cluster.local:8000"] and router.sent_to_fallback == 1
+        finally:
+            await router.stop()
+            await runner.cleanup()
+            await good.cleanup()
+
+    asyncio.run(scenario())

@@ -38,6 +38,12 @@ watched, a Role in each watched namespace otherwise. "clusterRules" are cluster-
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+{{- if .Values.activator.enabled }}
+# Scale from zero: the `<service>-activator` EndpointSlice routes a service at zero to the activator.
+- apiGroups: ["discovery.k8s.io"]
+  resources: ["endpointslices"]
+  verbs: ["create", "patch", "delete"]
+{{- end }}
 {{- if and .Values.ha.enabled .Values.watchNamespaces }}
 # Namespaced peering: one KopfPeering per watched namespace.
 - apiGroups: ["kopf.dev"]
@@ -62,4 +68,24 @@ watched, a Role in each watched namespace otherwise. "clusterRules" are cluster-
   resources: ["clusterkopfpeerings"]
   verbs: ["list", "watch", "patch"]
 {{- end }}
+{{- end }}
+
+{{/*
+For people, not the operator: aggregated into the built-in view, edit and admin ClusterRoles, so a
+namespace's users read (view) or manage (edit, admin) InferenceServices there with the roles they
+already hold. edit adds writing the spec, deleting, and `kubectl scale` (the scale subresource).
+*/}}
+{{- define "tokenscale.viewRules" -}}
+- apiGroups: ["tokenscale.io"]
+  resources: ["inferenceservices", "inferenceservices/status", "inferenceservices/scale"]
+  verbs: ["get", "list", "watch"]
+{{- end }}
+
+{{- define "tokenscale.editRules" -}}
+- apiGroups: ["tokenscale.io"]
+  resources: ["inferenceservices"]
+  verbs: ["create", "update", "patch", "delete", "deletecollection"]
+- apiGroups: ["tokenscale.io"]
+  resources: ["inferenceservices/scale"]
+  verbs: ["update", "patch"]
 {{- end }}

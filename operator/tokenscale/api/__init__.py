@@ -26,8 +26,11 @@ from .models import (
     MetricsUnavailableAction,
     ModelSpec,
     ResourcesSpec,
+    ScaleDownRules,
+    ScaleUpRules,
     ScalingRules,
     SignalsStatus,
+    name_problems,
 )
 
 
@@ -55,15 +58,20 @@ def format_validation_error(error: ValidationError) -> list[str]:
     return problems
 
 
-def parse_spec(spec: Any) -> InferenceServiceSpec:
-    """Validate a spec as read from the API; raises only SpecError."""
+def parse_spec(spec: Any, *, name: str | None = None) -> InferenceServiceSpec:
+    """Validate a spec as read from the API; raises only SpecError. With `name`, also the object's
+    name: it must be able to name the children (the CRD's rule, again, for a cluster whose CRD is older)."""
+    problems = name_problems(name) if name is not None else []
     if not isinstance(spec, dict):
-        raise SpecError([f"spec: must be an object, got {type(spec).__name__}"])
+        raise SpecError([f"spec: must be an object, got {type(spec).__name__}", *problems])
     try:
         # Strict JSON semantics, as the API server has them: "yes" is no boolean, "3" no integer.
-        return InferenceServiceSpec.model_validate_json(json.dumps(spec), strict=True)
+        parsed = InferenceServiceSpec.model_validate_json(json.dumps(spec), strict=True)
     except ValidationError as error:
-        raise SpecError(format_validation_error(error)) from None
+        raise SpecError(format_validation_error(error) + problems) from None
+    if problems:
+        raise SpecError(problems)
+    return parsed
 
 
 def parse_status(status: Any) -> InferenceServiceStatus:
@@ -95,10 +103,13 @@ __all__ = [
     "MetricsUnavailableAction",
     "ModelSpec",
     "ResourcesSpec",
+    "ScaleDownRules",
+    "ScaleUpRules",
     "ScalingRules",
     "SignalsStatus",
     "SpecError",
     "format_validation_error",
+    "name_problems",
     "parse_spec",
     "parse_status",
 ]

@@ -1,9 +1,14 @@
 """Generate the InferenceService CRD (apiextensions.k8s.io/v1) from the pydantic models.
 
 The schema is walked from the models' fields, not from pydantic's JSON Schema: a
-structural schema needs every type spelled out (no $ref, no nullable unions), defaults for
-nested objects as `{}` so the API server defaults them recursively, int-or-string for
+structural schema needs every type spelled out (no $ref, no nullable unions), int-or-string for
 quantities, and the CEL rules the models carry in `x-kubernetes-validations`.
+
+Defaults of objects are written out in full, nested defaults included. The API server checks each
+`default` literal against its node's schema and CEL rules when the CRD is created, as written and
+with no nested defaulting: `default: {}` under a rule that reads `self.minReplicas` is refused
+("no such key: minReplicas"). Objects sent later are defaulted recursively before validation, so
+full literals and per-field defaults give the same result.
 """
 
 from __future__ import annotations
@@ -43,15 +48,29 @@ def _is_quantity(field: FieldInfo) -> bool:
     return any(isinstance(extra, dict) and extra.get("quantity") for extra in markers)
 
 
+def _enum_schema(values: list[str]) -> dict[str, Any]:
+    # maxLength bounds the API server's CEL cost estimate of rules that read the field.
+    return {"type": "string", "enum": list(values), "maxLength": max(len(v) for v in values)}
+
+
+# Schema keywords a field may carry in json_schema_extra, copied to the CRD as they are.
+_PASSED_THROUGH = ("format", "x-kubernetes-list-type", "x-kubernetes-list-map-keys")
+
+
 def _type_schema(tp: Any) -> dict[str, Any]:
     tp = _unwrap_optional(tp)
     origin = typing.get_origin(tp)
     if origin is typing.Annotated:
-        return _type_schema(typing.get_args(tp)[0])
+        base, *metadata = typing.get_args(tp)
+        schema = _type_schema(base)
+        for meta in metadata:  # constraints of a map's values, e.g. dict[str, LabelValue]
+            if isinstance(meta, FieldInfo):
+                _constraints(meta, schema)
+        return schema
     if isinstance(tp, type) and issubclass(tp, BaseModel):
         return model_schema(tp)
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        return {"type": "string", "enum": [e.value for e in tp]}
+        return _enum_schema([e.value for e in tp])
     if tp is bool:
         return {"type": "boolean"}
     if tp is int:
@@ -92,8 +111,12 @@ def _constraints(field: FieldInfo, schema: dict[str, Any]) -> None:
         elif hasattr(meta, "pattern") and meta.pattern is not None:
             schema["pattern"] = meta.pattern
     extra = field.json_schema_extra
-    if isinstance(extra, dict) and "enum" in extra:
-        schema["enum"] = list(extra["enum"])
+    if isinstance(extra, dict):
+        if "enum" in extra:
+            schema.update(_enum_schema(extra["enum"]))
+        schema.update({key: extra[key] for key in _PASSED_THROUGH if key in extra})
+        if "x-kubernetes-validations" in extra:  # a rule of this field alone
+            schema["x-kubernetes-validations"] = list(extra["x-kubernetes-validations"])
 
 
 def _default(field: FieldInfo) -> tuple[bool, Any]:
@@ -106,13 +129,21 @@ def _default(field: FieldInfo) -> tuple[bool, Any]:
     if value is None:
         return False, None
     if isinstance(value, BaseModel):
-        # Set fields only: the API server fills the rest from the nested schema's defaults.
-        return True, value.model_dump(by_alias=True, mode="json", exclude_unset=True)
+        # In full, nested defaults included: the API server validates the literal as written.
+        return True, _without_empty(value.model_dump(by_alias=True, mode="json", exclude_none=True))
     if isinstance(value, enum.Enum):
         return True, value.value
     if isinstance(value, (list, dict)) and not value:
         return False, None  # empty collections are the absence of a value
     return True, value
+
+
+def _without_empty(value: Any) -> Any:
+    """Empty collections are the absence of a value (the API server leaves them absent)."""
+    if isinstance(value, dict):
+        pruned = {key: _without_empty(item) for key, item in value.items()}
+        return {key: item for key, item in pruned.items() if item not in ({}, [])}
+    return value
 
 
 def field_schema(field: FieldInfo, annotation: Any) -> dict[str, Any]:
@@ -153,10 +184,19 @@ def openapi_schema() -> dict[str, Any]:
         "type": "object",
         "description": "An LLM inference service on GPUs, sized by throughput.",
         "required": ["spec"],
+        "x-kubernetes-validations": m.NAME_RULES,
         "properties": {
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},
-            "metadata": {"type": "object"},
+            # Only name and generateName may be constrained here. The API server already limits them to
+            # 253 characters; saying so bounds the CEL cost estimate of the name rules above.
+            "metadata": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string", "maxLength": 253},
+                    "generateName": {"type": "string", "maxLength": 253},
+                },
+            },
             "spec": {"description": "The desired service.", **model_schema(m.InferenceServiceSpec)},
             "status": {"description": "Observed state, written by the operator.", **model_schema(m.InferenceServiceStatus)},
         },
@@ -166,7 +206,9 @@ def openapi_schema() -> dict[str, Any]:
 PRINTER_COLUMNS = [
     {"name": "Engine", "type": "string", "jsonPath": ".spec.engine.type"},
     {"name": "Model", "type": "string", "jsonPath": ".spec.model.source", "priority": 0},
-    {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
+    {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
+    {"name": "Replicas", "type": "integer", "jsonPath": ".status.readyReplicas",
+     "description": "Ready replicas."},
     {"name": "Desired", "type": "integer", "jsonPath": ".status.desiredReplicas"},
     {"name": "Tokens/s", "type": "number", "jsonPath": ".status.signals.tokensPerSecond"},
     {"name": "Queue", "type": "number", "jsonPath": ".status.signals.queueDepth"},

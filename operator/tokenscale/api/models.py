@@ -13,7 +13,7 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "tokenscale.io"
@@ -33,6 +33,107 @@ RESOURCE_NAME_PATTERN = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+# A container image reference: [registry[:port]/]path[:tag][@digest], as the container runtimes parse it.
+_IMAGE_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+IMAGE_PATTERN = (
+    r"^(?:[a-zA-Z0-9](?:[-a-zA-Z0-9]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[-a-zA-Z0-9]*[a-zA-Z0-9])?)*(?::[0-9]+)?/)?"
+    rf"{_IMAGE_PATH_COMPONENT}(?:/{_IMAGE_PATH_COMPONENT})*"
+    r"(?::[a-zA-Z0-9_][a-zA-Z0-9_.-]{0,127})?(?:@[a-zA-Z][a-zA-Z0-9]*(?:[-_+.][a-zA-Z][a-zA-Z0-9]*)*:[0-9a-fA-F]{32,})?$"
+)
+# A hub id (org/name), a path or a URI: no spaces and no shell metacharacters (the source becomes an
+# engine argument).
+MODEL_SOURCE_PATTERN = r"^[A-Za-z0-9_./~][-A-Za-z0-9_./~:@+=%]*$"
+# An InferenceService's name becomes its Service's name (a DNS-1035 label) and a label value of its
+# pods: both allow at most 63 characters.
+NAME_MAX_LENGTH = 63
+NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+NAME_RULES = [
+    {
+        "rule": f"size(self.metadata.name) <= {NAME_MAX_LENGTH}",
+        "message": f"metadata.name must be at most {NAME_MAX_LENGTH} characters: it becomes the name of the "
+        "serving Service and a label value on the serving pods, which allow no more",
+    },
+    {
+        "rule": f"self.metadata.name.matches('{NAME_PATTERN}')",
+        "message": "metadata.name must start with a lowercase letter and hold only lowercase letters, digits "
+        "and '-' (a DNS-1035 label): it becomes the name of the serving Service",
+    },
+]
+
+
+def name_problems(name: Any) -> list[str]:
+    """Why an InferenceService name cannot name its children, in the CRD's words; [] when it can."""
+    if not isinstance(name, str):
+        return ["metadata.name: must be a string"]
+    problems = []
+    if len(name) > NAME_MAX_LENGTH:
+        problems.append(NAME_RULES[0]["message"])
+    if not re.match(NAME_PATTERN, name):
+        problems.append(NAME_RULES[1]["message"])
+    return problems
+CONFIG_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
+FIELD_PATH_PATTERN = (
+    r"^(metadata\.(name|namespace|uid)|metadata\.(labels|annotations)\['[^']+'\]"
+    r"|spec\.(nodeName|serviceAccountName)|status\.(hostIP|hostIPs|podIP|podIPs))$"
+)
+CONTAINER_RESOURCES = ("limits.cpu", "limits.memory", "limits.ephemeral-storage", "requests.cpu",
+                       "requests.memory", "requests.ephemeral-storage")
+MOUNT_PATH_PATTERN = r"^(/[^/:]+)+$"  # absolute, no trailing or double slash: one spelling per path
+SUB_PATH_PATTERN = r"^[^/:]+(/[^/:]+)*$"  # relative
+# Label keys and values as the API server checks them on the pod template.
+LABEL_NAME_PATTERN = r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$"
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+# Names the operator gives its own volumes and mount paths (engines/base.py): never the user's.
+RESERVED_VOLUMES = ("dshm", "model-cache", "tmp")
+RESERVED_MOUNT_PATHS = ("/dev/shm", "/models", "/tmp")
+# Labels the operator sets on every pod (build/labels.py): the selector and the service label among
+# them, so a pod label of the same key is rejected rather than silently overridden.
+RESERVED_POD_LABELS = (
+    "app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/component",
+    "app.kubernetes.io/managed-by", "app.kubernetes.io/part-of", "tokenscale.io/service", "tokenscale.io/engine",
+)
+# The longest preStop sleep of any engine plus a margin: the grace period must leave the engine
+# time to drain after it (engines/base.py derives the builtin server's --drain-timeout from it).
+MIN_TERMINATION_GRACE_SECONDS = 30
+DEFAULT_TERMINATION_GRACE_SECONDS = 120
+
+_ENV_SOURCES = ("secretKeyRef", "configMapKeyRef", "fieldRef", "resourceFieldRef")
+_ENV_SOURCE_MESSAGE = "valueFrom needs exactly one of secretKeyRef, configMapKeyRef, fieldRef, resourceFieldRef"
+_ENV_VALUE_MESSAGE = "value and valueFrom are exclusive: set one"
+_ENV_FROM_SOURCES = ("configMapRef", "secretRef")
+_ENV_FROM_MESSAGE = "envFrom needs exactly one of configMapRef, secretRef"
+# The pod annotation in which the operator records the keys of spec.pod.annotations (build/drift.py).
+MANAGED_ANNOTATIONS = "tokenscale.io/pod-annotations"
+_RESERVED_ANNOTATION_MESSAGE = f"{MANAGED_ANNOTATIONS} is the operator's record of the pod annotations"
+_UNIQUE_MOUNT_PATHS = "each mountPath at most once"
+_RESERVED_MOUNT_MESSAGE = f"{', '.join(RESERVED_MOUNT_PATHS)} are the operator's mount paths"
+_UNIQUE_VOLUMES = "each volume name at most once"
+_RESERVED_VOLUME_MESSAGE = f"{', '.join(RESERVED_VOLUMES)} are the operator's volume names"
+_RESERVED_LABEL_MESSAGE = (f"{', '.join(RESERVED_POD_LABELS)} are the operator's labels (it selects its pods "
+                           "by them): choose other keys")
+VOLUME_SOURCES = ("configMap", "secret", "persistentVolumeClaim", "emptyDir", "hostPath", "nfs", "csi",
+                  "projected", "downwardAPI", "ephemeral", "image", "iscsi", "fc")
+_VOLUME_SOURCE_MESSAGE = f"a volume needs exactly one source: {', '.join(VOLUME_SOURCES)}"
+
+
+def _exactly_one(fields: tuple[str, ...]) -> str:
+    """A CEL rule: exactly one of these optional fields is set (cheap: no iteration)."""
+    return " + ".join(f"(has(self.{name}) ? 1 : 0)" for name in fields) + " == 1"
+
+
+def _rules(*rules: tuple[str, str]) -> dict[str, Any]:
+    """CEL rules of one field (`x-kubernetes-validations` on its own node of the CRD)."""
+    return {"x-kubernetes-validations": [{"rule": rule, "message": message} for rule, message in rules]}
+
+
+def _cel_list(items: tuple[str, ...]) -> str:
+    return "[" + ", ".join(f"'{item}'" for item in items) + "]"
+
+
+def _count_set(model: BaseModel, fields: tuple[str, ...]) -> int:
+    """How many of these fields (by wire name) are set on a model."""
+    return sum(getattr(model, name) is not None for name, info in type(model).model_fields.items()
+               if info.alias in fields)
 
 
 def _check_quantity(value: int | str) -> int | str:
@@ -88,8 +189,9 @@ class ModelSpec(_Model):
     source: str = Field(
         min_length=1,
         max_length=512,
+        pattern=MODEL_SOURCE_PATTERN,
         description="The model to serve: a Hugging Face hub id (org/name) or an absolute path "
-        "inside the model cache volume.",
+        "inside the model cache volume. No spaces or shell metacharacters.",
     )
     served_name: str | None = Field(
         default=None,
@@ -103,9 +205,136 @@ class ModelSpec(_Model):
     )
 
 
+class ConfigMapKeySelector(_Model):
+    name: str = Field(max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="ConfigMap name.")
+    key: str = Field(min_length=1, max_length=253, pattern=CONFIG_KEY_PATTERN, description="Key in it.")
+    optional: bool | None = Field(default=None, description="Start the pod even when the ConfigMap or key is missing.")
+
+
+class SecretKeySelector(_Model):
+    name: str = Field(max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="Secret name.")
+    key: str = Field(min_length=1, max_length=253, pattern=CONFIG_KEY_PATTERN, description="Key in it.")
+    optional: bool | None = Field(default=None, description="Start the pod even when the Secret or key is missing.")
+
+
+class ObjectFieldSelector(_Model):
+    field_path: str = Field(
+        max_length=316,
+        pattern=FIELD_PATH_PATTERN,
+        description="A field of the pod (the downward API): metadata.name, metadata.namespace, metadata.uid, "
+        "metadata.labels['KEY'], metadata.annotations['KEY'], spec.nodeName, spec.serviceAccountName, "
+        "status.hostIP, status.hostIPs, status.podIP or status.podIPs.",
+    )
+    api_version: str | None = Field(default=None, pattern=r"^v1$", description="Version of fieldPath (v1).")
+
+
+class ResourceFieldSelector(_Model):
+    resource: str = Field(
+        json_schema_extra={"enum": list(CONTAINER_RESOURCES)},
+        description="A resource of the engine container: limits.cpu, limits.memory, "
+        "limits.ephemeral-storage, requests.cpu, requests.memory or requests.ephemeral-storage.",
+    )
+    container_name: str | None = Field(
+        default=None, pattern=r"^engine$", description="The container (only `engine`, the default)."
+    )
+    divisor: Quantity | None = Field(default=None, description="Unit of the exposed value (default 1).")
+
+    @model_validator(mode="after")
+    def _known_resource(self) -> ResourceFieldSelector:
+        if self.resource not in CONTAINER_RESOURCES:
+            raise ValueError(f"resource must be one of {', '.join(CONTAINER_RESOURCES)}")
+        return self
+
+
+class EnvVarSource(_Model):
+    model_config = ConfigDict(
+        json_schema_extra={"x-kubernetes-validations": [{"rule": _exactly_one(_ENV_SOURCES), "message": _ENV_SOURCE_MESSAGE}]}
+    )
+
+    secret_key_ref: SecretKeySelector | None = Field(default=None, description="A key of a Secret.")
+    config_map_key_ref: ConfigMapKeySelector | None = Field(default=None, description="A key of a ConfigMap.")
+    field_ref: ObjectFieldSelector | None = Field(default=None, description="A field of the pod.")
+    resource_field_ref: ResourceFieldSelector | None = Field(
+        default=None, description="A resource limit or request of the engine container."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EnvVarSource:
+        if _count_set(self, _ENV_SOURCES) != 1:
+            raise ValueError(_ENV_SOURCE_MESSAGE)
+        return self
+
+
 class EnvVar(_Model):
+    """A core/v1 EnvVar: a literal value, or valueFrom a Secret, ConfigMap or field of the pod."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "!has(self.valueFrom) || !has(self.value) || self.value == ''",
+                 "message": _ENV_VALUE_MESSAGE}
+            ]
+        }
+    )
+
     name: str = Field(pattern=ENV_NAME_PATTERN, max_length=256, description="Variable name.")
-    value: str = Field(default="", max_length=32768, description="Variable value.")
+    value: str | None = Field(default=None, max_length=32768, description="Variable value.")
+    value_from: EnvVarSource | None = Field(
+        default=None, description="Read the value from a Secret, a ConfigMap or the pod (instead of value)."
+    )
+
+    @model_validator(mode="after")
+    def _value_or_source(self) -> EnvVar:
+        if self.value_from is not None and self.value:
+            raise ValueError(_ENV_VALUE_MESSAGE)
+        return self
+
+
+class ConfigMapEnvSource(_Model):
+    name: str = Field(max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="ConfigMap name.")
+    optional: bool | None = Field(default=None, description="Start the pod even when the ConfigMap is missing.")
+
+
+class SecretEnvSource(_Model):
+    name: str = Field(max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="Secret name.")
+    optional: bool | None = Field(default=None, description="Start the pod even when the Secret is missing.")
+
+
+class EnvFromSource(_Model):
+    """A core/v1 EnvFromSource: every key of a ConfigMap or Secret as a variable."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [{"rule": _exactly_one(_ENV_FROM_SOURCES), "message": _ENV_FROM_MESSAGE}]
+        }
+    )
+
+    prefix: str | None = Field(
+        default=None, max_length=253, pattern=ENV_NAME_PATTERN, description="Prepended to each key."
+    )
+    config_map_ref: ConfigMapEnvSource | None = Field(default=None, description="The ConfigMap.")
+    secret_ref: SecretEnvSource | None = Field(default=None, description="The Secret.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EnvFromSource:
+        if _count_set(self, _ENV_FROM_SOURCES) != 1:
+            raise ValueError(_ENV_FROM_MESSAGE)
+        return self
+
+
+class VolumeMount(_Model):
+    """A core/v1 VolumeMount of one of spec.pod.volumes into the engine container."""
+
+    name: str = Field(max_length=63, pattern=DNS_LABEL_PATTERN, description="The volume (one of spec.pod.volumes).")
+    mount_path: str = Field(
+        max_length=512,
+        pattern=MOUNT_PATH_PATTERN,
+        description=f"Absolute path in the container; not {', '.join(RESERVED_MOUNT_PATHS)} (the operator's).",
+    )
+    sub_path: str | None = Field(
+        default=None, max_length=512, pattern=SUB_PATH_PATTERN, description="Mount this relative path of the volume."
+    )
+    read_only: bool | None = Field(default=None, description="Mount read-only.")
 
 
 class EngineSpec(_Model):
@@ -118,7 +347,9 @@ class EngineSpec(_Model):
         default=None,
         min_length=1,
         max_length=512,
-        description="Container image. Defaults to the engine's release image configured in the operator.",
+        pattern=IMAGE_PATTERN,
+        description="Container image ([registry/]repository[:tag][@digest]). Defaults to the engine's release "
+        "image configured in the operator.",
     )
     args: list[str] = Field(
         default_factory=list,
@@ -126,7 +357,24 @@ class EngineSpec(_Model):
         description="Extra arguments appended to the engine's command line.",
     )
     env: list[EnvVar] = Field(
-        default_factory=list, max_length=128, description="Extra environment variables for the engine."
+        default_factory=list,
+        max_length=128,
+        description="Extra environment variables for the engine (value, or valueFrom a Secret, ConfigMap or "
+        "field of the pod); a name the operator also sets (HF_HOME, HF_TOKEN) is the user's.",
+    )
+    env_from: list[EnvFromSource] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Every key of these ConfigMaps and Secrets as an environment variable (env wins).",
+    )
+    volume_mounts: list[VolumeMount] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Mounts of spec.pod.volumes into the engine container.",
+        json_schema_extra=_rules(
+            ("self.all(m, self.exists_one(n, n.mountPath == m.mountPath))", _UNIQUE_MOUNT_PATHS),
+            (f"self.all(m, !(m.mountPath in {_cel_list(RESERVED_MOUNT_PATHS)}))", _RESERVED_MOUNT_MESSAGE),
+        ),
     )
     max_batch_size: int = Field(
         default=64,
@@ -140,6 +388,16 @@ class EngineSpec(_Model):
         le=2_097_152,
         description="Maximum context length (prompt + output tokens). Defaults to the model's own.",
     )
+
+    @field_validator("volume_mounts")
+    @classmethod
+    def _mount_paths(cls, mounts: list[VolumeMount]) -> list[VolumeMount]:
+        paths = [mount.mount_path for mount in mounts]
+        if len(set(paths)) != len(paths):
+            raise ValueError(_UNIQUE_MOUNT_PATHS)
+        if set(paths) & set(RESERVED_MOUNT_PATHS):
+            raise ValueError(_RESERVED_MOUNT_MESSAGE)
+        return mounts
 
 
 class ResourcesSpec(_Model):
@@ -189,6 +447,45 @@ class Toleration(_Model):
         return self
 
 
+class WhenUnsatisfiable(StrEnum):
+    DoNotSchedule = "DoNotSchedule"
+    ScheduleAnyway = "ScheduleAnyway"
+
+
+class NodeInclusionPolicy(StrEnum):
+    Honor = "Honor"
+    Ignore = "Ignore"
+
+
+class TopologySpreadConstraint(_Model):
+    """A core/v1 TopologySpreadConstraint; labelSelector defaults to this service's own pods."""
+
+    max_skew: int = Field(ge=1, le=1000, description="Most by which the pods' count may differ between domains.")
+    topology_key: str = Field(
+        min_length=1, max_length=316, description="Node label whose values are the domains (e.g. topology.kubernetes.io/zone)."
+    )
+    when_unsatisfiable: WhenUnsatisfiable = Field(
+        description="DoNotSchedule (a hard rule) or ScheduleAnyway (a preference)."
+    )
+    label_selector: dict[str, Any] | None = Field(
+        default=None,
+        description="A metav1 LabelSelector of the pods counted. Defaults to this service's pods "
+        "(its selector labels).",
+    )
+    match_label_keys: list[str] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Pod label keys whose values narrow the count to pods like this one (e.g. pod-template-hash).",
+    )
+    min_domains: int | None = Field(default=None, ge=1, le=1000, description="Fewest eligible domains (DoNotSchedule).")
+    node_affinity_policy: NodeInclusionPolicy | None = Field(
+        default=None, description="Whether the pod's nodeAffinity/nodeSelector limit the domains (Honor, the default)."
+    )
+    node_taints_policy: NodeInclusionPolicy | None = Field(
+        default=None, description="Whether tainted nodes count (Ignore, the default)."
+    )
+
+
 class SchedulingSpec(_Model):
     node_selector: dict[str, str] = Field(
         default_factory=dict, description="Node labels a serving pod requires (e.g. a GPU product)."
@@ -207,6 +504,11 @@ class SchedulingSpec(_Model):
         max_length=253,
         pattern=DNS_SUBDOMAIN_PATTERN,
         description="RuntimeClass of the pods (e.g. nvidia).",
+    )
+    topology_spread_constraints: list[TopologySpreadConstraint] = Field(
+        default_factory=list,
+        max_length=8,
+        description="How replicas spread over zones or nodes (core/v1 topologySpreadConstraints).",
     )
 
 
@@ -261,31 +563,82 @@ class MonitoringSpec(_Model):
 
 
 class ScalingRules(_Model):
-    stabilization_seconds: int = Field(
+    """One direction's rate limits. Every field has its own default (different for scale-up and
+    scale-down), so a partial block such as `scaleDown: {stabilizationSeconds: 60}` is whole."""
+
+    stabilization_seconds: int
+    max_step_percent: int
+    max_step_pods: int
+
+
+def _stabilization(default: int, wins: str) -> Any:
+    return Field(
+        default=default,
         ge=0,
         le=3600,
-        description="Window over which the highest recommendation wins (for scale-down) or the lowest "
-        "(for scale-up). 0 acts at once.",
+        description=f"Window over which the {wins} recommendation wins, so a brief swing does not move the "
+        "replica count. 0 acts at once.",
     )
-    max_step_percent: int = Field(ge=1, le=1000, description="Largest change in one step, in percent.")
-    max_step_pods: int = Field(ge=1, le=1000, description="Largest change in one step, in pods.")
 
 
-def _scale_up_defaults() -> ScalingRules:
-    return ScalingRules(stabilization_seconds=0, max_step_percent=100, max_step_pods=4)
+def _step_percent(default: int) -> Any:
+    return Field(default=default, ge=1, le=1000, description="Largest change in one step, in percent.")
 
 
-def _scale_down_defaults() -> ScalingRules:
-    return ScalingRules(stabilization_seconds=300, max_step_percent=50, max_step_pods=1)
+def _step_pods(default: int) -> Any:
+    return Field(default=default, ge=1, le=1000, description="Largest change in one step, in pods.")
+
+
+class ScaleUpRules(ScalingRules):
+    stabilization_seconds: int = _stabilization(0, "lowest")
+    max_step_percent: int = _step_percent(100)
+    max_step_pods: int = _step_pods(4)
+
+
+class ScaleDownRules(ScalingRules):
+    stabilization_seconds: int = _stabilization(300, "highest")
+    max_step_percent: int = _step_percent(50)
+    max_step_pods: int = _step_pods(1)
+
+
+_ACTIVATION_MESSAGE = "activation needs activator: true or a query"
 
 
 class ActivationSpec(_Model):
-    query: str = Field(
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "(has(self.activator) && self.activator) || has(self.query)",
+                 "message": _ACTIVATION_MESSAGE}
+            ]
+        }
+    )
+
+    activator: bool = Field(
+        default=False,
+        description="Route the service to tokenscale's activator while it has no ready replica: the "
+        "activator holds requests, wakes the service at once and forwards them when a replica is ready "
+        "(needs the chart's activator.enabled).",
+    )
+    query: str | None = Field(
+        default=None,
         min_length=1,
         max_length=4096,
-        description="PromQL for demand that waits outside the pods (e.g. a gateway's queued requests "
-        "for this model). At zero replicas a result above zero scales to one.",
+        description="PromQL for demand that waits outside the pods (e.g. your own gateway's queued "
+        "requests for this model). At zero replicas a result above zero scales to one.",
     )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ActivationSpec:
+        if not self.activator and self.query is None:
+            raise ValueError(_ACTIVATION_MESSAGE)
+        return self
+
+
+_MIN_ZERO_MESSAGE = (
+    "minReplicas: 0 needs activation (activator: true, or a query): at zero replicas no pod exports "
+    "metrics, so only the activator's held requests or a signal from outside the pods can wake the service"
+)
 
 
 class AutoscalingSpec(_Model):
@@ -302,8 +655,7 @@ class AutoscalingSpec(_Model):
                 },
                 {
                     "rule": "self.minReplicas > 0 || !self.enabled || has(self.activation)",
-                    "message": "minReplicas: 0 needs activation.query: at zero replicas no pod exports "
-                    "metrics, so only a signal from outside the pods can wake the service",
+                    "message": _MIN_ZERO_MESSAGE,
                 },
                 {
                     "rule": "self.onMetricsUnavailable != 'ScaleTo' || has(self.fallbackReplicas)",
@@ -360,10 +712,8 @@ class AutoscalingSpec(_Model):
         description="Demand at this multiple of ready capacity enters panic mode: scale up at once, "
         "no scale-down for a stabilisation window.",
     )
-    scale_up: ScalingRules = Field(default_factory=_scale_up_defaults, description="Scale-up behaviour.")
-    scale_down: ScalingRules = Field(
-        default_factory=_scale_down_defaults, description="Scale-down behaviour."
-    )
+    scale_up: ScaleUpRules = Field(default_factory=ScaleUpRules, description="Scale-up behaviour.")
+    scale_down: ScaleDownRules = Field(default_factory=ScaleDownRules, description="Scale-down behaviour.")
     scale_to_zero_after_seconds: int | None = Field(
         default=None,
         ge=0,
@@ -371,7 +721,8 @@ class AutoscalingSpec(_Model):
         description="With minReplicas 0: idle this long (no tokens, no queue) before scaling to zero.",
     )
     activation: ActivationSpec | None = Field(
-        default=None, description="The wake-up signal from zero replicas (required with minReplicas 0)."
+        default=None, description="The wake-up from zero replicas (required with minReplicas 0): the activator, "
+        "a PromQL query, or both."
     )
     on_metrics_unavailable: MetricsUnavailableAction = Field(
         default=MetricsUnavailableAction.Hold,
@@ -424,10 +775,7 @@ class AutoscalingSpec(_Model):
         if self.scale_to_zero_after_seconds is not None and self.min_replicas != 0:
             raise ValueError("scaleToZeroAfterSeconds is only valid with minReplicas: 0")
         if self.enabled and self.min_replicas == 0 and self.activation is None:
-            raise ValueError(
-                "minReplicas: 0 needs activation.query: at zero replicas no pod exports metrics, "
-                "so only a signal from outside the pods can wake the service"
-            )
+            raise ValueError(_MIN_ZERO_MESSAGE)
         if self.on_metrics_unavailable == MetricsUnavailableAction.ScaleTo and self.fallback_replicas is None:
             raise ValueError("onMetricsUnavailable: ScaleTo needs fallbackReplicas")
         if self.fallback_replicas is not None and not (
@@ -437,6 +785,145 @@ class AutoscalingSpec(_Model):
         return self
 
 
+def _check_labels(labels: dict[str, str]) -> dict[str, str]:
+    for key in labels:  # the values are LabelValues
+        _check_key(key)
+    if set(labels) & set(RESERVED_POD_LABELS):
+        raise ValueError(_RESERVED_LABEL_MESSAGE)
+    return labels
+
+
+def _check_annotations(annotations: dict[str, str]) -> dict[str, str]:
+    for key in annotations:
+        _check_key(key)
+    if MANAGED_ANNOTATIONS in annotations:
+        raise ValueError(_RESERVED_ANNOTATION_MESSAGE)
+    if sum(len(k) + len(v) for k, v in annotations.items()) > 256 * 1024:
+        raise ValueError("annotations may total at most 256 KiB")
+    return annotations
+
+
+def _check_key(key: str) -> None:
+    """A label or annotation key: an optional DNS-subdomain prefix and '/', then a name of at most 63."""
+    prefix, _, name = key.rpartition("/")
+    if prefix and (len(prefix) > 253 or not re.match(DNS_SUBDOMAIN_PATTERN, prefix)):
+        raise ValueError(f"key {key!r}: the prefix must be a DNS subdomain (e.g. example.com)")
+    if len(name) > 63 or not re.match(LABEL_NAME_PATTERN, name):
+        raise ValueError(f"key {key!r}: the name must be at most 63 characters of A-Z, a-z, 0-9, '-', '_' or "
+                         "'.', beginning and ending with a letter or digit")
+
+
+LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_PATTERN)]
+
+
+class LocalObjectReference(_Model):
+    name: str = Field(max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="Name of the object.")
+
+
+class Volume(_Model):
+    """A core/v1 Volume: a name and one source, each source a free-form core/v1 object."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [{"rule": _exactly_one(VOLUME_SOURCES), "message": _VOLUME_SOURCE_MESSAGE}]
+        }
+    )
+
+    name: str = Field(
+        max_length=63,
+        pattern=DNS_LABEL_PATTERN,
+        description=f"Volume name (a DNS label); not {', '.join(RESERVED_VOLUMES)} (the operator's).",
+    )
+    config_map: dict[str, Any] | None = Field(default=None, description="A core/v1 ConfigMapVolumeSource.")
+    secret: dict[str, Any] | None = Field(default=None, description="A core/v1 SecretVolumeSource.")
+    persistent_volume_claim: dict[str, Any] | None = Field(
+        default=None, description="A core/v1 PersistentVolumeClaimVolumeSource."
+    )
+    empty_dir: dict[str, Any] | None = Field(default=None, description="A core/v1 EmptyDirVolumeSource.")
+    host_path: dict[str, Any] | None = Field(default=None, description="A core/v1 HostPathVolumeSource.")
+    nfs: dict[str, Any] | None = Field(default=None, description="A core/v1 NFSVolumeSource.")
+    csi: dict[str, Any] | None = Field(default=None, description="A core/v1 CSIVolumeSource.")
+    projected: dict[str, Any] | None = Field(default=None, description="A core/v1 ProjectedVolumeSource.")
+    downward_api: dict[str, Any] | None = Field(
+        default=None, alias="downwardAPI", description="A core/v1 DownwardAPIVolumeSource."
+    )
+    ephemeral: dict[str, Any] | None = Field(default=None, description="A core/v1 EphemeralVolumeSource.")
+    image: dict[str, Any] | None = Field(default=None, description="A core/v1 ImageVolumeSource (an OCI image).")
+    iscsi: dict[str, Any] | None = Field(default=None, description="A core/v1 ISCSIVolumeSource.")
+    fc: dict[str, Any] | None = Field(default=None, description="A core/v1 FCVolumeSource.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Volume:
+        if _count_set(self, VOLUME_SOURCES) != 1:
+            raise ValueError(_VOLUME_SOURCE_MESSAGE)
+        return self
+
+    def source(self) -> dict[str, Any]:
+        """The volume as core/v1 writes it: {name, <source>: {...}}."""
+        return self.model_dump(by_alias=True, exclude_none=True)
+
+
+class PodSpec(_Model):
+    """What a platform team sets on every serving pod, named as in the core PodSpec."""
+
+    labels: dict[str, LabelValue] = Field(
+        default_factory=dict,
+        description="Labels added to every serving pod. The operator's own (app.kubernetes.io/name, instance, "
+        "component, managed-by, part-of; tokenscale.io/service, tokenscale.io/engine) are refused.",
+        json_schema_extra=_rules((" && ".join(f"!('{key}' in self)" for key in RESERVED_POD_LABELS),
+                                  _RESERVED_LABEL_MESSAGE)),
+    )
+    annotations: dict[str, str] = Field(
+        default_factory=dict,
+        description=f"Annotations added to every serving pod ({MANAGED_ANNOTATIONS} is the operator's record of them).",
+        json_schema_extra=_rules((f"!('{MANAGED_ANNOTATIONS}' in self)", _RESERVED_ANNOTATION_MESSAGE)),
+    )
+    service_account_name: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        description="ServiceAccount the pods run as (e.g. one bound to a cloud IAM role).",
+    )
+    automount_service_account_token: bool = Field(
+        default=False,
+        description="Mount the ServiceAccount's API token. Engines never call the Kubernetes API, so off by default.",
+    )
+    image_pull_secrets: list[LocalObjectReference] = Field(
+        default_factory=list, max_length=16, description="Secrets holding credentials of a private registry."
+    )
+    volumes: list[Volume] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Extra volumes, mounted by spec.engine.volumeMounts.",
+        json_schema_extra=_rules(
+            ("self.all(v, self.exists_one(w, w.name == v.name))", _UNIQUE_VOLUMES),
+            (f"self.all(v, !(v.name in {_cel_list(RESERVED_VOLUMES)}))", _RESERVED_VOLUME_MESSAGE),
+        ),
+    )
+    termination_grace_period_seconds: int = Field(
+        default=DEFAULT_TERMINATION_GRACE_SECONDS,
+        ge=MIN_TERMINATION_GRACE_SECONDS,
+        le=86_400,
+        description="Seconds a stopping pod gets: the preStop delay, then the engine finishes in-flight "
+        "requests (the builtin server's drain timeout is this minus 10 s and the delay). Raise it for long "
+        "generations.",
+    )
+
+    _labels = field_validator("labels")(_check_labels)
+    _annotations = field_validator("annotations")(_check_annotations)
+
+    @field_validator("volumes")
+    @classmethod
+    def _volume_names(cls, volumes: list[Volume]) -> list[Volume]:
+        names = [volume.name for volume in volumes]
+        if len(set(names)) != len(names):
+            raise ValueError(_UNIQUE_VOLUMES)
+        if set(names) & set(RESERVED_VOLUMES):
+            raise ValueError(_RESERVED_VOLUME_MESSAGE)
+        return volumes
+
+
+_MOUNT_NEEDS_VOLUME = "engine.volumeMounts: each name must be one of pod.volumes"
 GPU_ONLY_ENGINES = (EngineType.vllm, EngineType.sglang, EngineType.trtllm)
 _GPU_ONLY_MESSAGE = "engines vllm, sglang and trtllm need resources.gpus >= 1 (their images are GPU builds)"
 
@@ -450,7 +937,13 @@ class InferenceServiceSpec(_Model):
                     "!(self.engine.type in ['vllm', 'sglang', 'trtllm']) || "
                     "!has(self.resources) || !has(self.resources.gpus) || self.resources.gpus >= 1",
                     "message": _GPU_ONLY_MESSAGE,
-                }
+                },
+                {
+                    "rule": "!has(self.engine) || !has(self.engine.volumeMounts) || "
+                    "self.engine.volumeMounts.all(m, has(self.pod) && has(self.pod.volumes) && "
+                    "self.pod.volumes.exists(v, v.name == m.name))",
+                    "message": _MOUNT_NEEDS_VOLUME,
+                },
             ]
         }
     )
@@ -459,6 +952,10 @@ class InferenceServiceSpec(_Model):
     engine: EngineSpec = Field(default_factory=EngineSpec, description="How to serve it.")
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Resources per replica.")
     scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec, description="Where replicas run.")
+    pod: PodSpec = Field(
+        default_factory=PodSpec,
+        description="Pod settings for a platform: labels, annotations, service account, pull secrets, volumes.",
+    )
     model_cache: ModelCacheSpec = Field(
         default_factory=ModelCacheSpec, description="Where model weights are cached."
     )
@@ -486,6 +983,9 @@ class InferenceServiceSpec(_Model):
     def _engine_needs_gpu(self) -> InferenceServiceSpec:
         if self.engine.type in GPU_ONLY_ENGINES and self.resources.gpus < 1:
             raise ValueError(_GPU_ONLY_MESSAGE)
+        volumes = {volume.name for volume in self.pod.volumes}
+        if any(mount.name not in volumes for mount in self.engine.volume_mounts):
+            raise ValueError(_MOUNT_NEEDS_VOLUME)
         return self
 
 
@@ -497,13 +997,36 @@ class _Status(_Model):
     model_config = ConfigDict(extra="ignore", frozen=False)
 
 
+# The shape of metav1.Condition, so tools that read standard conditions (kstatus, kubectl wait,
+# Argo CD, kube-state-metrics) read these.
+CONDITION_TYPE_PATTERN = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$"
+)
+CONDITION_REASON_PATTERN = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
+CONDITION_MESSAGE_MAX_LENGTH = 32768
+
+
 class Condition(_Status):
-    type: str = Field(description="Ready, Progressing, Degraded, MetricsAvailable, ScalingActive or ScalingLimited.")
+    type: str = Field(
+        max_length=316,
+        pattern=CONDITION_TYPE_PATTERN,
+        description="Ready, Progressing, Degraded, MetricsAvailable, ScalingActive or ScalingLimited.",
+    )
     status: str = Field(json_schema_extra={"enum": ["True", "False", "Unknown"]}, description="True, False or Unknown.")
-    reason: str = Field(default="", description="CamelCase reason.")
-    message: str = Field(default="", description="Human-readable detail.")
-    last_transition_time: str | None = Field(default=None, description="When the status last changed (RFC 3339).")
-    observed_generation: int | None = Field(default=None, description="The generation this reflects.")
+    reason: str = Field(
+        min_length=1, max_length=1024, pattern=CONDITION_REASON_PATTERN, description="CamelCase reason."
+    )
+    message: str = Field(max_length=CONDITION_MESSAGE_MAX_LENGTH, description="Human-readable detail.")
+    last_transition_time: str = Field(
+        json_schema_extra={"format": "date-time"}, description="When the status last changed (RFC 3339)."
+    )
+    observed_generation: int | None = Field(default=None, ge=0, description="The generation this reflects.")
+
+    @model_validator(mode="after")
+    def _known_status(self) -> Condition:
+        if self.status not in ("True", "False", "Unknown"):
+            raise ValueError("status must be True, False or Unknown")
+        return self
 
 
 class SignalsStatus(_Status):
@@ -575,7 +1098,12 @@ class InferenceServiceStatus(_Status):
     autoscaler: AutoscalerState | None = Field(
         default=None, description="The policy's memory (stabilisation windows), so a restart resumes."
     )
-    conditions: list[Condition] = Field(default_factory=list, description="Standard conditions.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        max_length=32,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+        description="Standard conditions (metav1.Condition), one per type.",
+    )
 
 
 class InferenceService(_Model):
@@ -588,3 +1116,9 @@ class InferenceService(_Model):
     metadata: dict[str, Any] = Field(default_factory=dict)
     spec: InferenceServiceSpec
     status: InferenceServiceStatus | None = None
+
+    @model_validator(mode="after")
+    def _name_names_children(self) -> InferenceService:
+        if "name" in self.metadata and (problems := name_problems(self.metadata["name"])):
+            raise ValueError("; ".join(problems))
+        return self

@@ -44,7 +44,8 @@ def _rows(node: dict[str, Any], path: str, required: set[str]) -> list[str]:
     rows = []
     for name, sub in node.get("properties", {}).items():
         field = f"{path}.{name}"
-        default = f"`{json.dumps(sub['default'])}`" if "default" in sub and sub["default"] != {} else ""
+        # An object's default is its fields' defaults, each shown on its own row.
+        default = f"`{json.dumps(sub['default'])}`" if "default" in sub and sub.get("type") != "object" else ""
         marker = " (required)" if name in required else ""
         description = sub.get("description", "").replace("|", "\\|").replace("\n", " ")
         rows.append(f"| `{field}`{marker} | {_type(sub)}{_bounds(sub)} | {default} | {description} |")
@@ -57,11 +58,15 @@ def _rules(node: dict[str, Any], path: str) -> list[str]:
     out = [f"- `{path}`: {rule['message']} (`{rule['rule']}`)" for rule in node.get("x-kubernetes-validations", [])]
     for name, sub in node.get("properties", {}).items():
         out += _rules(sub, f"{path}.{name}")
+    if isinstance(node.get("items"), dict):  # the rules of each item of a list
+        out += _rules(node["items"], f"{path}[]")
     return out
 
 
 def reference_markdown() -> str:
-    spec = openapi_schema()["properties"]["spec"]
+    root = openapi_schema()
+    spec = root["properties"]["spec"]
     lines = _rows(spec, "spec", set(spec.get("required", [])))
-    rules = _rules(spec, "spec")
+    rules = [f"- `metadata.name`: {rule['message']} (`{rule['rule']}`)" for rule in root["x-kubernetes-validations"]]
+    rules += _rules(spec, "spec")
     return HEADER + "\n".join(lines) + "\n\n## Cross-field rules\n\n" + "\n".join(rules) + "\n"

@@ -13,10 +13,12 @@ from tokenscale.build.conditions import (
 from tokenscale.build.drift import differences, parse_quantity
 from tokenscale.build.labels import MANAGED_BY, SERVICE_LABEL, labels, selector_labels, selector_string
 from tokenscale.build.workload import (
+    BuildSettings,
     Children,
     children,
     deployment,
     may_run_several,
+    operator_children,
     pod_disruption_budget,
     pod_monitor,
     replicas_for,
@@ -24,8 +26,8 @@ from tokenscale.build.workload import (
 )
 
 __all__ = [
-    "DEGRADED", "MANAGED_BY", "PROGRESSING", "READY", "SERVICE_LABEL", "Children", "children",
+    "DEGRADED", "MANAGED_BY", "PROGRESSING", "READY", "SERVICE_LABEL", "BuildSettings", "Children", "children",
     "degraded_status", "deployment", "differences", "endpoint_url", "get_condition", "labels",
-    "may_run_several", "parse_quantity", "pod_disruption_budget", "pod_monitor", "replicas_for",
+    "may_run_several", "operator_children", "parse_quantity", "pod_disruption_budget", "pod_monitor", "replicas_for",
     "selector_labels", "selector_string", "service", "set_condition", "workload_status",
 ]

@@ -11,6 +11,8 @@ import copy
 import datetime
 from typing import Any
 
+from tokenscale.api.models import CONDITION_MESSAGE_MAX_LENGTH
+
 READY = "Ready"
 PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
@@ -20,6 +22,13 @@ RECOVERABLE = ("RolloutStuck", "AsExpected", "InvalidSpec", "ApplyFailed", "Name
 
 def now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _fit(message: str) -> str:
+    """The CRD (as metav1.Condition) caps a message; a longer one would make the status write fail."""
+    if len(message) <= CONDITION_MESSAGE_MAX_LENGTH:
+        return message
+    return message[: CONDITION_MESSAGE_MAX_LENGTH - 3] + "..."
 
 
 def get_condition(conditions: list[dict[str, Any]] | None, kind: str) -> dict[str, Any] | None:
@@ -32,7 +41,7 @@ def condition_is(conditions: list[dict[str, Any]] | None, kind: str, status: boo
     worth a write or an event."""
     text = status if isinstance(status, str) else ("True" if status else "False")
     current = get_condition(conditions, kind) or {}
-    return (current.get("status"), current.get("reason"), current.get("message")) == (text, reason, message)
+    return (current.get("status"), current.get("reason"), current.get("message")) == (text, reason, _fit(message))
 
 
 def set_condition(conditions: list[dict[str, Any]] | None, kind: str, status: bool | str, reason: str,
@@ -42,7 +51,7 @@ def set_condition(conditions: list[dict[str, Any]] | None, kind: str, status: bo
     text = status if isinstance(status, str) else ("True" if status else "False")
     result = [copy.deepcopy(c) for c in conditions or []]
     old = get_condition(result, kind)
-    new: dict[str, Any] = {"type": kind, "status": text, "reason": reason, "message": message}
+    new: dict[str, Any] = {"type": kind, "status": text, "reason": reason, "message": _fit(message)}
     if observed_generation is not None:
         new["observedGeneration"] = observed_generation
     new["lastTransitionTime"] = (

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from tokenscale.api.models import AutoscalingMode, InferenceServiceSpec
+from tokenscale.api.models import AutoscalingMode, InferenceServiceSpec, SchedulingSpec
+from tokenscale.build.drift import pod_annotations
 from tokenscale.build.labels import labels, selector_labels
 from tokenscale.engines import adapter_for
 from tokenscale.engines.base import PORT_NAME
@@ -41,15 +42,19 @@ def deployment(name: str, namespace: str, spec: InferenceServiceSpec, *, replica
                default_server_image: str | None = None) -> dict[str, Any]:
     adapter = adapter_for(spec.engine.type)
     default_image = default_server_image if spec.engine.type.value == "builtin" else None
-    scheduling = spec.scheduling
+    scheduling, platform = spec.scheduling, spec.pod
     pod: dict[str, Any] = {
         "containers": [adapter.container(spec, default_image)],
         "volumes": adapter.volumes(spec),
         "securityContext": adapter.pod_security_context(),
-        "terminationGracePeriodSeconds": adapter.termination_grace_seconds,
+        "terminationGracePeriodSeconds": adapter.termination_grace_seconds(spec),
         "enableServiceLinks": False,  # a namespace with many Services would flood the env
-        "automountServiceAccountToken": False,  # engines never talk to the API
+        "automountServiceAccountToken": platform.automount_service_account_token,
     }
+    if platform.service_account_name:
+        pod["serviceAccountName"] = platform.service_account_name
+    if platform.image_pull_secrets:
+        pod["imagePullSecrets"] = [ref.model_dump(by_alias=True) for ref in platform.image_pull_secrets]
     if scheduling.node_selector:
         pod["nodeSelector"] = dict(scheduling.node_selector)
     if scheduling.tolerations:
@@ -60,7 +65,13 @@ def deployment(name: str, namespace: str, spec: InferenceServiceSpec, *, replica
         pod["priorityClassName"] = scheduling.priority_class_name
     if scheduling.runtime_class_name:
         pod["runtimeClassName"] = scheduling.runtime_class_name
+    if scheduling.topology_spread_constraints:
+        pod["topologySpreadConstraints"] = _spread(name, scheduling)
     metadata = _metadata(name, namespace, spec)
+    # The user's pod labels never collide with ours: the API (models.RESERVED_POD_LABELS) refuses them.
+    template_metadata: dict[str, Any] = {"labels": {**metadata["labels"], **platform.labels}}
+    if platform.annotations:
+        template_metadata["annotations"] = pod_annotations(platform.annotations)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -74,9 +85,20 @@ def deployment(name: str, namespace: str, spec: InferenceServiceSpec, *, replica
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
             # Longer than the startup probe's budget, so a slow model load is not "stuck".
             "progressDeadlineSeconds": adapter.probes.startup_period * adapter.probes.startup_failures + 300,
-            "template": {"metadata": {"labels": dict(metadata["labels"])}, "spec": pod},
+            "template": {"metadata": template_metadata, "spec": pod},
         },
     }
+
+
+def _spread(name: str, scheduling: SchedulingSpec) -> list[dict[str, Any]]:
+    """topologySpreadConstraints as core/v1 has them; without a labelSelector, this service's pods."""
+    spread = []
+    for constraint in scheduling.topology_spread_constraints:
+        item = constraint.model_dump(by_alias=True, mode="json", exclude_none=True, exclude_defaults=True)
+        item.update(maxSkew=constraint.max_skew, whenUnsatisfiable=constraint.when_unsatisfiable.value)
+        item.setdefault("labelSelector", {"matchLabels": selector_labels(name)})
+        spread.append(item)
+    return spread
 
 
 def service(name: str, namespace: str, spec: InferenceServiceSpec) -> dict[str, Any]:
@@ -148,3 +170,20 @@ def children(name: str, namespace: str, spec: InferenceServiceSpec, *, current_r
         pod_monitor=pod_monitor(name, namespace, spec, service_label=service_label,
                                 namespace_label=namespace_label) if spec.monitoring.pod_monitor else None,
     )
+
+
+class BuildSettings(Protocol):
+    """The operator settings that shape its children (tokenscale.settings.Settings has them)."""
+
+    default_server_image: str
+    service_label: str
+    namespace_label: str
+
+
+def operator_children(name: str, namespace: str, spec: InferenceServiceSpec, settings: BuildSettings, *,
+                      current_replicas: int | None) -> Children:
+    """The children exactly as the operator creates them with these settings: the one call that
+    the reconciler and `tokenscale render` share, so the two cannot differ."""
+    return children(name, namespace, spec, current_replicas=current_replicas,
+                    default_server_image=settings.default_server_image,
+                    service_label=settings.service_label, namespace_label=settings.namespace_label)

@@ -98,13 +98,39 @@ def _lengths(args):
     from tokenscale.calibrate.plan import LengthMix
 
     if args.trace:
-        from tokenscale.sim.workload import load_csv
-
-        workload = load_csv(args.trace)
-        return LengthMix.from_rows(workload.input_tokens.tolist(), workload.output_tokens.tolist())
+        return LengthMix.from_rows(*_trace_lengths(Path(args.trace)))
     if args.output_tokens is None:
         raise ValueError("--input-tokens needs --output-tokens")
     return LengthMix.fixed(args.input_tokens, args.output_tokens)
+
+
+def _trace_lengths(path: Path) -> tuple[list[int], list[int]]:
+    """The input and output token counts of a trace CSV (the format `tokenscale simulate` reads),
+    with the csv module alone: calibrate needs none of the simulator's packages."""
+    import csv
+
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        columns = [c.strip() for c in reader.fieldnames or []]
+        if "input_tokens" not in columns or "output_tokens" not in columns:
+            raise ValueError(f"{path}: the header must name input_tokens and output_tokens")
+        inputs, outputs = [], []
+        for line, row in enumerate(reader, start=2):
+            row = {k.strip(): v for k, v in row.items() if k}
+            try:
+                inputs.append(int(float(row["input_tokens"])))
+                outputs.append(int(float(row["output_tokens"])))
+            except (TypeError, ValueError):
+                raise ValueError(f"{path}:{line}: token counts must be numbers") from None
+    if not inputs:
+        raise ValueError(f"{path}: no requests")
+    return inputs, outputs
+
+
+def _plot_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
 
 
 def run(args) -> int:
@@ -126,6 +152,9 @@ def run(args) -> int:
                           seed=args.seed)
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.plot and not _plot_available():  # said before minutes of measuring, not after
+        print("error: --plot needs matplotlib: pip install 'tokenscale[sim]'", file=sys.stderr)
         return 2
     endpoint = Endpoint(
         url=args.endpoint, model=args.model, api=args.api,

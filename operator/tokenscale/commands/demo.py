@@ -19,6 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from tokenscale.local.demo import DemoConfig
 
     d = DemoConfig()
+    parser.add_argument("--scenario", choices=("ramp", "scale-from-zero"), default="ramp",
+                        help="ramp: a surge and its fall (default); scale-from-zero: bursts at zero replicas "
+                        "through the activator (docs/scale-to-zero.md)")
     parser.add_argument("--duration", type=float, default=d.duration, metavar="S",
                         help=f"seconds of load (default {d.duration:.0f})")
     parser.add_argument("--trace", type=Path, metavar="CSV",
@@ -54,6 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.scenario == "scale-from-zero":
+        from tokenscale.local.scale_from_zero import run_cli
+
+        return run_cli(args)
     from rich.console import Console
 
     from tokenscale.local.demo import DemoConfig

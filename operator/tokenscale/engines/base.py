@@ -19,6 +19,7 @@ MODEL_CACHE_PATH = "/models"
 SHM_VOLUME = "dshm"
 CACHE_VOLUME = "model-cache"
 TMP_VOLUME = "tmp"
+SHUTDOWN_MARGIN_SECONDS = 10  # after the drain, for the process to exit before SIGKILL
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,6 @@ class EngineAdapter:
     non_root_uid: ClassVar[int] = 1000  # the image's own user where it has one
     read_only_root: ClassVar[bool] = False
     drain_seconds: ClassVar[int] = 10  # preStop: let endpoints drop the pod before SIGTERM
-    termination_grace_seconds: ClassVar[int] = 120  # drain + in-flight requests finishing
     probes: ClassVar[Probes] = Probes()
 
     # --- what differs per engine ------------------------------------------------------------
@@ -84,6 +84,15 @@ class EngineAdapter:
     def metrics(self) -> MetricsEndpoint:
         return MetricsEndpoint(port=self.port, path=self.metrics_path)
 
+    def termination_grace_seconds(self, spec: InferenceServiceSpec) -> int:
+        """The pod's grace period (spec.pod.terminationGracePeriodSeconds): preStop + drain + margin."""
+        return spec.pod.termination_grace_period_seconds
+
+    def shutdown_seconds(self, spec: InferenceServiceSpec) -> int:
+        """What the engine has after SIGTERM to finish in-flight requests: the grace period less the
+        preStop delay and a margin to exit, so the kubelet's SIGKILL never lands mid-drain."""
+        return self.termination_grace_seconds(spec) - self.drain_seconds - SHUTDOWN_MARGIN_SECONDS
+
     def args(self, spec: InferenceServiceSpec) -> list[str]:
         return [*self.engine_args(spec), *spec.engine.args]
 
@@ -100,8 +109,13 @@ class EngineAdapter:
             "args": self.args(spec),
             "ports": [{"name": PORT_NAME, "containerPort": self.port, "protocol": "TCP"}],
             "env": self.env(spec),
+        })
+        if spec.engine.env_from:
+            container["envFrom"] = [source.model_dump(by_alias=True, exclude_none=True)
+                                    for source in spec.engine.env_from]
+        container.update({
             "resources": self.resources(spec),
-            "volumeMounts": self.volume_mounts(),
+            "volumeMounts": self.volume_mounts(spec),
             "startupProbe": self._probe(self.health_path, self.probes.startup_period,
                                         self.probes.startup_failures),
             "readinessProbe": self._probe(self.ready_path, self.probes.readiness_period, 3),
@@ -109,6 +123,7 @@ class EngineAdapter:
                                          self.probes.liveness_failures),
             "lifecycle": {"preStop": {"sleep": {"seconds": self.drain_seconds}}},
             "securityContext": self.security_context(),
+            "terminationMessagePolicy": "FallbackToLogsOnError",  # the log's tail when no message was written
         })
         return container
 
@@ -128,7 +143,9 @@ class EngineAdapter:
         # The user's variables win over ours with the same name (one entry per name).
         overridden = {item.name for item in spec.engine.env}
         env = [item for item in env if item["name"] not in overridden]
-        env.extend({"name": item.name, "value": item.value} for item in spec.engine.env)
+        # An empty value is left out, as the API server stores it (else it would read as drift).
+        env.extend(item.model_dump(by_alias=True, exclude_none=True, exclude=None if item.value else {"value"})
+                   for item in spec.engine.env)
         return env
 
     def resources(self, spec: InferenceServiceSpec) -> dict[str, Any]:
@@ -149,11 +166,12 @@ class EngineAdapter:
             out["requests"] = requests
         return out
 
-    def volume_mounts(self) -> list[dict[str, Any]]:
+    def volume_mounts(self, spec: InferenceServiceSpec) -> list[dict[str, Any]]:
         mounts = [{"name": SHM_VOLUME, "mountPath": "/dev/shm"},
                   {"name": CACHE_VOLUME, "mountPath": MODEL_CACHE_PATH}]
         if self.runs_as_non_root:
             mounts.append({"name": TMP_VOLUME, "mountPath": "/tmp"})
+        mounts.extend(mount.model_dump(by_alias=True, exclude_none=True) for mount in spec.engine.volume_mounts)
         return mounts
 
     def volumes(self, spec: InferenceServiceSpec) -> list[dict[str, Any]]:
@@ -166,6 +184,7 @@ class EngineAdapter:
         volumes = [{"name": SHM_VOLUME, "emptyDir": shm}, {"name": CACHE_VOLUME, **cache_source}]
         if self.runs_as_non_root:
             volumes.append({"name": TMP_VOLUME, "emptyDir": {}})
+        volumes.extend(volume.source() for volume in spec.pod.volumes)
         return volumes
 
     def security_context(self) -> dict[str, Any]:

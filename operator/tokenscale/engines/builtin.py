@@ -33,5 +33,9 @@ class BuiltinAdapter(EngineAdapter):
             "--max-batch", str(spec.engine.max_batch_size),
             *flag("--max-model-len", spec.engine.max_model_len),
             *flag("--revision", spec.model.revision),
-            "--drain-timeout", str(self.termination_grace_seconds - self.drain_seconds - 10),
+            "--drain-timeout", str(self.shutdown_seconds(spec)),
+            # A replica given GPUs must run on one: the server exits with the reason (driver, torch's
+            # CUDA) instead of serving from the CPU. Without GPUs, cpu keeps it off any GPU the node
+            # exposes to every container (NVIDIA_VISIBLE_DEVICES=all in CUDA base images).
+            "--device", "cuda" if spec.resources.gpus >= 1 else "cpu",
         ]  # fmt: skip

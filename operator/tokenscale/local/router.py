@@ -6,6 +6,11 @@ draining after SIGTERM) or refuses the connection (it just exited) is skipped an
 retried on another, since nothing has reached the client yet; a 429 (the replica's queue is
 full) is the server's explicit answer and passes through. Responses stream through chunk by
 chunk, so server-sent events keep their timing.
+
+With a `fallback` (the activator, in the scale-from-zero scenario) a request that finds no ready
+replica goes there at once instead of waiting: it stands in for the EndpointSlice that points a
+Service at the activator while the service has no ready replica. The request then carries the
+Host `fallback_host` (the Service's in-cluster name), as a client of the Service would send it.
 """
 
 from __future__ import annotations
@@ -48,9 +53,13 @@ class Backend:
 class Router:
     """Least-outstanding-requests proxy. `set_backends` is called whenever readiness changes."""
 
-    def __init__(self, wait_for_backend_seconds: float = 60.0, max_attempts: int = 8) -> None:
+    def __init__(self, wait_for_backend_seconds: float = 60.0, max_attempts: int = 8,
+                 fallback: str | None = None, fallback_host: str | None = None) -> None:
         self.wait_for_backend_seconds = wait_for_backend_seconds
         self.max_attempts = max_attempts
+        self.fallback = Backend("fallback", fallback) if fallback else None
+        self.fallback_host = fallback_host
+        self.sent_to_fallback = 0
         self._backends: dict[str, Backend] = {}
         self._changed = asyncio.Event()
         self._tiebreak = itertools.count()
@@ -77,6 +86,8 @@ class Router:
     async def _pick(self, excluded: set[str], deadline: float) -> Backend | None:
         while True:
             candidates = [b for b in self._backends.values() if b.name not in excluded]
+            if not candidates and self.fallback is not None:
+                return self.fallback
             if candidates:
                 turn = next(self._tiebreak)
                 n = len(candidates)
@@ -129,11 +140,15 @@ class Router:
                 return _error(503, "no ready replica behind the router")
             backend.outstanding += 1
             response: web.StreamResponse | None = None
+            sent = headers
+            if backend is self.fallback:
+                self.sent_to_fallback += 1
+                sent = {**headers, "Host": self.fallback_host} if self.fallback_host else headers
             try:
                 async with self._session.request(
-                    request.method, backend.url + request.path_qs, data=body, headers=headers
+                    request.method, backend.url + request.path_qs, data=body, headers=sent
                 ) as upstream:
-                    if upstream.status == 503 and attempt + 1 < self.max_attempts:
+                    if upstream.status == 503 and backend is not self.fallback and attempt + 1 < self.max_attempts:
                         excluded.add(backend.name)  # draining: another replica takes it
                         self.retries += 1
                         continue

@@ -11,6 +11,7 @@ import dataclasses
 import math
 
 from tokenscale.api import AutoscalingSpec
+from tokenscale.policy import decide
 from tokenscale.policy.types import History, ReplicaState, Signals
 
 from .baselines import HorizontalPodAutoscaler, KnativeKPA, Oracle, StaticReplicas, hpa, keda
@@ -49,8 +50,6 @@ class TokenscalePolicy:
     wants_concurrency = False
 
     def __init__(self, spec: AutoscalingSpec, *, tick_s: float = TOKENSCALE_TICK_S):
-        from tokenscale.policy import decide  # the policy package is imported only when it runs
-
         self.name = "tokenscale"
         self.spec = spec
         self.interval_s = tick_s

@@ -21,9 +21,12 @@ from .workload import Workload
 
 STARTING, READY, DRAINING, GONE = "starting", "ready", "draining", "gone"
 
-# why a request was dropped (the index into SimulationOutcome.drop_reasons)
+# why a request was dropped: RequestLog.dropped holds one (-1 when served), an index into DROP_REASON_NAMES
 DROP_NO_REPLICA, DROP_QUEUE_FULL, DROP_TOO_LONG, DROP_DRAIN_TIMEOUT, DROP_UNFINISHED = range(5)
-DROP_REASON_NAMES = ("no-ready-replica", "queue-full", "too-long", "drain-timeout", "unfinished")
+# the activator's 503s (sim/activator.py): over its bound of held requests, or held past its timeout
+DROP_HOLD_FULL, DROP_HOLD_TIMEOUT = 5, 6
+DROP_REASON_NAMES = ("no-ready-replica", "queue-full", "too-long", "drain-timeout", "unfinished",
+                     "activator-full", "hold-timeout")
 
 
 class Replica:

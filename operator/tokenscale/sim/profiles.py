@@ -216,7 +216,3 @@ def dump_profile(profile: ReplicaProfile, calibration: dict | None = None) -> st
     import yaml
 
     return yaml.safe_dump(profile_to_dict(profile, calibration), sort_keys=False)
-
-
-def replicas_for(tokens_per_s: float, per_replica_tokens_per_s: float) -> int:
-    return max(0, math.ceil(tokens_per_s / per_replica_tokens_per_s - 1e-9))

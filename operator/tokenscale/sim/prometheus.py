@@ -30,8 +30,9 @@ class Sample:
     running: int  # gauge: requests admitted to a batch
     kv_usage: float  # gauge: mean over reporting pods, 0..1
     pods_reporting: int  # pods that answered the scrape (ready or draining)
-    finished_requests: float = 0.0  # counter (vllm:request_generation_tokens_count)
-    finished_output_tokens: float = 0.0  # counter (vllm:request_generation_tokens_sum)
+    finished_requests: float = 0.0  # counter (the operator reads vllm:request_success_total)
+    finished_output_tokens: float = 0.0  # counter: output tokens of finished requests (the operator
+    # divides generated_tokens instead, which also counts unfinished ones: equal in a steady state)
 
 
 class PrometheusView:

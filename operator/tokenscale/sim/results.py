@@ -3,14 +3,33 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .cluster import DROP_REASON_NAMES
+from .profiles import ReplicaProfile
 
-if TYPE_CHECKING:
-    from .simulator import Autoscaler, Simulation
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What one run leaves for `summarise`: the measured requests (the trace proper, not the
+    warm-up replay) with their outcomes, and what the run cost."""
+
+    policy: str
+    parameters: dict
+    trace: str
+    profile: ReplicaProfile
+    ttft_target_s: float
+    arrival_s: np.ndarray
+    input_tokens: np.ndarray
+    output_tokens: np.ndarray
+    admitted_at: np.ndarray  # NaN where it never happened
+    first_token_at: np.ndarray
+    dropped: np.ndarray  # -1 served, else a DROP_* reason
+    gpu_seconds: float  # over the trace's own span
+    duration_s: float  # that span
+    scale_events: list[tuple[float, int, int]]  # (time, from, to)
+    timeline: dict[str, np.ndarray]
 
 
 @dataclass
@@ -65,36 +84,31 @@ def count_reversals(events: list[tuple[float, int, int]]) -> int:
     return reversals
 
 
-def summarise(sim: Simulation, autoscaler: Autoscaler, gpu_seconds: float, end_s: float, timeline) -> SimResult:
-    cluster, profile, workload = sim.cluster, sim.profile, sim.workload
-    log = cluster.log
-    target = sim.config.ttft_target_s if sim.config.ttft_target_s is not None else profile.ttft_target_s
-    measured = sim.measured  # requests of the trace proper, not of the warm-up replay
-    arrival = workload.arrival_s[measured]
-    ttft = log.first_token_at[measured] - arrival
-    dropped_reason = log.dropped[measured]
-    served = dropped_reason < 0
+def summarise(run: RunRecord) -> SimResult:
+    profile, target = run.profile, run.ttft_target_s
+    ttft = run.first_token_at - run.arrival_s
+    served = run.dropped < 0
     # the SLO allows each request its own prefill on an idle replica: long prompts are not misses
-    allowance = target + workload.input_tokens[measured] / profile.prefill_tokens_per_s
+    allowance = target + run.input_tokens / profile.prefill_tokens_per_s
     within = served & (ttft <= allowance)
-    wait = (log.admitted_at[measured] - arrival)[served]
+    wait = (run.admitted_at - run.arrival_s)[served]
     ttft_served = ttft[served]
-    reasons = np.bincount(dropped_reason[~served], minlength=len(DROP_REASON_NAMES))
-    gpu_hours = gpu_seconds / 3600.0
-    tokens = float(workload.output_tokens[measured][served].sum())
+    reasons = np.bincount(run.dropped[~served], minlength=len(DROP_REASON_NAMES))
+    gpu_hours = run.gpu_seconds / 3600.0
+    tokens = float(run.output_tokens[served].sum())
     price = profile.gpu_price_per_hour
     return SimResult(
-        policy=autoscaler.name,
-        parameters=dict(getattr(autoscaler, "parameters", {})),
-        trace=workload.name,
+        policy=run.policy,
+        parameters=run.parameters,
+        trace=run.trace,
         profile=profile.name,
-        requests=int(measured.sum()),
+        requests=len(run.arrival_s),
         served=int(served.sum()),
         dropped=int((~served).sum()),
         dropped_by_reason={name: int(n) for name, n in zip(DROP_REASON_NAMES, reasons, strict=True) if n},
         gpu_hours=gpu_hours,
-        duration_s=end_s,
-        mean_replicas=gpu_seconds / profile.gpus_per_replica / end_s if end_s else 0.0,
+        duration_s=run.duration_s,
+        mean_replicas=run.gpu_seconds / profile.gpus_per_replica / run.duration_s if run.duration_s else 0.0,
         slo_attainment=float(within.mean()),
         ttft_target_s=target,
         ttft_p50_s=_percentile(ttft_served, 50),
@@ -102,12 +116,12 @@ def summarise(sim: Simulation, autoscaler: Autoscaler, gpu_seconds: float, end_s
         ttft_p99_s=_percentile(ttft_served, 99),
         queue_wait_mean_s=float(wait.mean()) if len(wait) else float("nan"),
         queue_wait_p99_s=_percentile(wait, 99),
-        scale_events=len(sim.scale_events),
-        reversals=count_reversals(sim.scale_events),
+        scale_events=len(run.scale_events),
+        reversals=count_reversals(run.scale_events),
         generated_tokens=tokens,
         cost_per_million_tokens=gpu_hours * price / (tokens / 1e6) if tokens else float("nan"),
         gpu_price_per_hour=price,
-        timeline=timeline,
+        timeline=run.timeline,
     )
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from .cluster import DRAINING, DROP_UNFINISHED, READY, STARTING, Cluster
 from .profiles import ReplicaProfile
 from .prometheus import MetricsConfig, PrometheusView, Sample
-from .results import SimResult, summarise
+from .results import RunRecord, SimResult, summarise
 from .workload import Workload
 
 
@@ -171,7 +171,24 @@ class Simulation:
         lost = np.flatnonzero(np.isnan(log.finished_at) & (log.dropped < 0))
         log.dropped[lost] = DROP_UNFINISHED  # none expected: count them, never lose one silently
         cluster.dropped += len(lost)
-        return summarise(self, autoscaler, gpu_seconds, end_of_arrivals - self.warmup_s, timeline.arrays())
+        measured = self.measured
+        return summarise(RunRecord(
+            policy=autoscaler.name,
+            parameters=dict(getattr(autoscaler, "parameters", {})),
+            trace=workload.name,
+            profile=self.profile,
+            ttft_target_s=config.ttft_target_s if config.ttft_target_s is not None else self.profile.ttft_target_s,
+            arrival_s=workload.arrival_s[measured],
+            input_tokens=workload.input_tokens[measured],
+            output_tokens=workload.output_tokens[measured],
+            admitted_at=log.admitted_at[measured],
+            first_token_at=log.first_token_at[measured],
+            dropped=log.dropped[measured],
+            gpu_seconds=gpu_seconds,
+            duration_s=end_of_arrivals - self.warmup_s,
+            scale_events=list(self.scale_events),
+            timeline=timeline.arrays(),
+        ))
 
 
 def request_work_per_second(workload: Workload, profile: ReplicaProfile) -> np.ndarray:

@@ -264,10 +264,28 @@ def flash_crowd(
     return _finish(f"flash-crowd-{base_rps:g}-{peak_rps:g}rps", arrivals, *lengths.sample(rng, len(arrivals)))
 
 
-def rate_profile_shape(path: str | Path, *, points: int = 144) -> np.ndarray:
-    """The first `points` rates of a ServeGen rate profile (`window_start_s,sum_client_rate_rps,...`),
-    for `diurnal(shape=...)`; rates are normalised by the generator, only the shape matters."""
-    table = np.loadtxt(path, delimiter=",", skiprows=1, usecols=[1], ndmin=1)
-    if table.size == 0:
-        raise ValueError(f"{path}: no rows")
-    return table[:points]
+def sparse_sessions(
+    sessions_per_hour: float,
+    duration_s: float,
+    *,
+    requests_per_session: tuple[int, int] = (3, 12),
+    think_time_s: tuple[float, float] = (10.0, 60.0),
+    lengths: Lengths = Lengths(),
+    seed: int = 0,
+) -> Workload:
+    """A service used a few times an hour: sessions start as a Poisson process; each is a short
+    conversation (a uniform number of requests, a uniform think time between them). The traffic
+    scale to zero is for: long silences, and each session's first request meets a cold service."""
+    rng = np.random.default_rng(seed)
+    rate = sessions_per_hour / 3600.0
+    starts = _poisson_arrivals(rng, lambda t: np.full_like(t, rate), duration_s, rate)
+    times: list[float] = []
+    for start in starts:
+        t = float(start)
+        for _ in range(int(rng.integers(requests_per_session[0], requests_per_session[1] + 1))):
+            if t >= duration_s:
+                break
+            times.append(t)
+            t += float(rng.uniform(*think_time_s))
+    arrivals = np.sort(np.asarray(times, dtype=np.float64))
+    return _finish(f"sparse-{sessions_per_hour:g}sessions-per-hour", arrivals, *lengths.sample(rng, len(arrivals)))
