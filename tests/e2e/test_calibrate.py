@@ -3,8 +3,8 @@
 The server has 8 batch slots; with 16-token prompts and 8-token answers one replica saturates at
 some tens of requests/s on two shared CPU cores: below that the TTFT p90 stays well under the
 1 s target, past it the queue grows without bound. Short requests at a high rate keep each step
-to a few seconds, so the whole test runs in a couple of minutes, over which the machine's other
-load changes little. Two calibrations with different Poisson draws must agree
+to a few seconds: an attempt (two calibrations and two checks) takes about 2.5 minutes, over which
+the machine's other load should change little; a second attempt runs only if the first fails. Two calibrations with different Poisson draws must agree
 within 15%; serving the suggested target must meet the TTFT p90, and 1.5x the target must not.
 """
 
