@@ -11,11 +11,14 @@ import copy
 import datetime
 from typing import Any
 
+from .pods import FAILING_WAITING, OOM_KILLED, STARTUP_PROBE_FAILED, PodHealth
+
 READY = "Ready"
 PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
 # Degraded reasons a successful reconcile clears.
-RECOVERABLE = ("RolloutStuck", "AsExpected", "InvalidSpec", "ApplyFailed", "NameConflict")
+RECOVERABLE = ("RolloutStuck", "AsExpected", "InvalidSpec", "ApplyFailed", "NameConflict",
+               *FAILING_WAITING, OOM_KILLED, STARTUP_PROBE_FAILED)
 
 
 def now() -> str:
@@ -72,9 +75,11 @@ def merge_conditions(current: list[dict[str, Any]] | None,
 
 def workload_status(deployment: dict[str, Any] | None, *, generation: int | None,
                     conditions: list[dict[str, Any]] | None, endpoint: str, selector: str,
-                    at: str | None = None) -> dict[str, Any]:
-    """replicas, readiness, phase and Ready/Progressing/Degraded from the live Deployment."""
+                    at: str | None = None, pod_health: PodHealth | None = None) -> dict[str, Any]:
+    """replicas, readiness, phase and Ready/Progressing/Degraded from the live Deployment and the
+    problems of its pods (a pod that cannot start is named, not shown as loading)."""
     at = at or now()
+    health = pod_health or PodHealth()
     if deployment is None:
         conditions = set_condition(conditions, READY, False, "DeploymentMissing",
                                    "the serving Deployment does not exist yet", observed_generation=generation, at=at)
@@ -100,6 +105,10 @@ def workload_status(deployment: dict[str, Any] | None, *, generation: int | None
         phase = "Ready" if ready >= desired and updated >= desired and rolled_out else "Progressing"
         conditions = set_condition(conditions, READY, True, "ReplicasReady",
                                    f"{ready}/{desired} replicas ready", observed_generation=generation, at=at)
+    elif health.failing:
+        phase = "Degraded"
+        conditions = set_condition(conditions, READY, False, health.reason, health.message,
+                                   observed_generation=generation, at=at)
     else:
         phase = "Progressing"
         conditions = set_condition(conditions, READY, False, "NoReplicaReady",
@@ -117,6 +126,10 @@ def workload_status(deployment: dict[str, Any] | None, *, generation: int | None
     if stuck is not None:
         phase = "Degraded"
         conditions = set_condition(conditions, DEGRADED, True, "RolloutStuck", stuck.get("message", ""),
+                                   observed_generation=generation, at=at)
+    elif health.failing and desired > 0:
+        phase = "Degraded"
+        conditions = set_condition(conditions, DEGRADED, True, health.reason, health.message,
                                    observed_generation=generation, at=at)
     else:
         current = get_condition(conditions, DEGRADED)
