@@ -28,6 +28,7 @@ from tokenscale.api import (
     parse_spec,
 )
 from tokenscale.build import conditions
+from tokenscale.build.pods import PodHealth
 from tokenscale.engines import adapter_for
 from tokenscale.settings import Settings
 
@@ -167,27 +168,59 @@ def _foreign(live: dict[str, Any], owner: dict[str, Any]) -> bool:
     return (meta.get("labels") or {}).get("app.kubernetes.io/managed-by") != build.MANAGED_BY
 
 
-def apply_child(kube: Kube, owner: dict[str, Any], desired: dict[str, Any]) -> str:
-    """Create or repair one child. Returns what happened: created, updated or unchanged."""
+def api_error_message(error: Exception) -> str:
+    """The API server's own words for a refused request: its message and each cause's field and
+    reason (a 422's details.causes), not just "422 Unprocessable Entity"."""
+    if not isinstance(error, kubernetes.client.ApiException):
+        return f"{type(error).__name__}: {error}"
+    try:
+        body = json.loads(error.body or "")
+    except (TypeError, ValueError):
+        body = None
+    if not isinstance(body, dict) or not body.get("message"):
+        return f"{error.status} {error.reason}"
+    message = str(body["message"])
+    causes = ((body.get("details") or {}).get("causes")) or []
+    extra = [f"{c.get('field', '')}: {c.get('reason', '')}: {c.get('message', '')}".strip(": ")
+             for c in causes if isinstance(c, dict)]
+    extra = [text for text in extra if text and text not in message]
+    if extra:
+        message = f"{message} ({'; '.join(extra)})"
+    return f"{error.status} {body.get('reason') or error.reason}: {message}"
+
+
+def _drift(desired: dict[str, Any], live: dict[str, Any]) -> tuple[list[str], dict[str, Any], tuple[str, ...]]:
+    meta = desired["metadata"]
+    wanted = {"metadata": {"labels": meta["labels"], "ownerReferences": meta["ownerReferences"]},
+              "spec": desired["spec"]}
+    memory = (desired["kind"], meta["namespace"], meta["name"], json.dumps(wanted, sort_keys=True))
+    drift = [path for path in build.differences(wanted, live) if path not in _UNKEPT.get(memory, ())]
+    return drift, wanted, memory
+
+
+def drifted(owner: dict[str, Any], desired: dict[str, Any], live: dict[str, Any]) -> list[str]:
+    """Where a child as watched differs from what the owner wants (no request: the watch's copy)."""
+    return _drift(_adopt(desired, owner), live)[0]
+
+
+def apply_child(kube: Kube, owner: dict[str, Any], desired: dict[str, Any], *, create_first: bool = False,
+                ) -> tuple[str, dict[str, Any] | None]:
+    """Create or repair one child. Returns what happened (created, updated or unchanged) and the
+    child as stored. `create_first` (a new InferenceService): create, and read only on a 409."""
     children = Children(kube, desired["kind"])
     namespace, name = desired["metadata"]["namespace"], desired["metadata"]["name"]
     desired = _adopt(desired, owner)
-    for _attempt in range(3):  # another writer (a concurrent handler) may win a race: read again
-        live = children.read(namespace, name)
+    for attempt in range(3):  # another writer (a concurrent handler) may win a race: read again
+        live = None if create_first and attempt == 0 else children.read(namespace, name)
         try:
             if live is None:
-                children.create(namespace, desired)
-                return "created"
+                return "created", children.create(namespace, desired)
             if _foreign(live, owner):
                 raise ForeignObjectError(f"{desired['kind']} {namespace}/{name} exists and is not managed by "
                                          "this InferenceService; rename one of them or delete it")
-            wanted = {"metadata": {"labels": desired["metadata"]["labels"],
-                                   "ownerReferences": desired["metadata"]["ownerReferences"]},
-                      "spec": desired["spec"]}
-            memory = (desired["kind"], namespace, name, json.dumps(wanted, sort_keys=True))
-            drift = [path for path in build.differences(wanted, live) if path not in _UNKEPT.get(memory, ())]
+            drift, wanted, memory = _drift(desired, live)
             if not drift:
-                return "unchanged"
+                return "unchanged", live
             # Replace the whole spec: a merge patch could not remove a container or env var
             # someone added by hand. Labels and annotations others set are kept.
             body = dict(live)
@@ -203,10 +236,10 @@ def apply_child(kube: Kube, owner: dict[str, Any], desired: dict[str, Any]) -> s
                 log.warning("the API server does not keep %s of %s %s/%s; ignoring it from now on",
                             ", ".join(unkept[:5]), desired["kind"], namespace, name)
                 _UNKEPT[memory] = set(unkept)
-            return "updated"
+            return "updated", stored
         except kubernetes.client.ApiException as error:
-            # 409: someone wrote first; 404 on a replace: deleted meanwhile. Read again. A 404 on
-            # create means the API itself is missing (e.g. no PodMonitor CRD): the caller decides.
+            # 409: someone wrote first (or it exists already); 404 on a replace: deleted meanwhile.
+            # Read again. A 404 on create means the API itself is missing (e.g. no PodMonitor CRD).
             if error.status not in (409, 404) or (error.status == 404 and live is None):
                 raise
     raise RuntimeError(f"{desired['kind']} {namespace}/{name} kept changing under the operator")
@@ -228,34 +261,46 @@ class Outcome:
     warnings: tuple[str, ...] = ()
 
 
-def realise(kube: Kube, settings: Settings, owner: dict[str, Any], spec: InferenceServiceSpec) -> Outcome:
-    """Make the children of one InferenceService match its spec."""
+def desired_children(settings: Settings, owner: dict[str, Any], spec: InferenceServiceSpec,
+                     current_replicas: int | None) -> build.Children:
+    meta = owner["metadata"]
+    return build.children(meta["name"], meta["namespace"], spec, current_replicas=current_replicas,
+                          default_server_image=settings.default_server_image,
+                          service_label=settings.service_label, namespace_label=settings.namespace_label)
+
+
+def realise(kube: Kube, settings: Settings, owner: dict[str, Any], spec: InferenceServiceSpec, *,
+            new: bool = False) -> Outcome:
+    """Make the children of one InferenceService match its spec.
+
+    `new`: the InferenceService was just created, so its children most likely do not exist:
+    each is created at once (one request) and read only if that meets a 409. Otherwise each is
+    read and repaired where it drifted.
+    """
     namespace, name, uid = owner["metadata"]["namespace"], owner["metadata"]["name"], owner["metadata"]["uid"]
     deployments = Children(kube, "Deployment")
-    live = deployments.read(namespace, name)
+    live = None if new else deployments.read(namespace, name)
     current = (live.get("spec") or {}).get("replicas") if live else None
-    wanted = build.children(name, namespace, spec, current_replicas=current,
-                            default_server_image=settings.default_server_image,
-                            service_label=settings.service_label, namespace_label=settings.namespace_label)
-    actions = {"Deployment": apply_child(kube, owner, wanted.deployment),
-               "Service": apply_child(kube, owner, wanted.service)}
+    wanted = desired_children(settings, owner, spec, current)
+    action, deployment = apply_child(kube, owner, wanted.deployment, create_first=new)
+    actions = {"Deployment": action, "Service": apply_child(kube, owner, wanted.service, create_first=new)[0]}
     for kind, desired in (("PodDisruptionBudget", wanted.pod_disruption_budget),):
         if desired is not None:
-            actions[kind] = apply_child(kube, owner, desired)
-        elif remove_child(kube, kind, namespace, name, uid):
+            actions[kind] = apply_child(kube, owner, desired, create_first=new)[0]
+        elif not new and remove_child(kube, kind, namespace, name, uid):
             actions[kind] = "deleted"
     warnings: list[str] = []
     try:
         if wanted.pod_monitor is not None:
-            actions["PodMonitor"] = apply_child(kube, owner, wanted.pod_monitor)
-        elif remove_child(kube, "PodMonitor", namespace, name, uid):
+            actions["PodMonitor"] = apply_child(kube, owner, wanted.pod_monitor, create_first=new)[0]
+        elif not new and remove_child(kube, "PodMonitor", namespace, name, uid):
             actions["PodMonitor"] = "deleted"
     except kubernetes.client.ApiException as error:
         if error.status != 404:
             raise
         # The Prometheus Operator's CRDs are not installed: serve anyway, and say so.
         warnings.append("PodMonitor not created: the monitoring.coreos.com/v1 API is not installed")
-    return Outcome(actions=actions, deployment=deployments.read(namespace, name), warnings=tuple(warnings))
+    return Outcome(actions=actions, deployment=deployment, warnings=tuple(warnings))
 
 
 # --- the InferenceService itself ------------------------------------------------------------
@@ -270,16 +315,19 @@ def read_service(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None
         raise
 
 
-def write_status(kube: Kube, owner: dict[str, Any], status: dict[str, Any]) -> bool:
+def write_status(kube: Kube, owner: dict[str, Any], status: dict[str, Any], *, trust_owner: bool = False) -> bool:
     """Merge `status` into the object's status when it changes anything (never touches spec).
 
     Optimistic concurrency: the patch carries the resourceVersion it was computed against and
     is redone on a conflict; conditions are merged by type with the live ones, so the
-    reconciler and the autoscaler never drop each other's conditions.
+    reconciler and the autoscaler never drop each other's conditions. `trust_owner`: `owner`
+    is recent (the body kopf passed, or the watched copy): compare with it and patch at its
+    resourceVersion without a GET first; a 409 says it was not, and the next attempt reads.
     """
     namespace, name, uid = owner["metadata"]["namespace"], owner["metadata"]["name"], owner["metadata"].get("uid")
-    for _attempt in range(5):
-        fresh = read_service(kube, namespace, name)
+    for attempt in range(5):
+        usable = trust_owner and attempt == 0 and owner["metadata"].get("resourceVersion")
+        fresh = owner if usable else read_service(kube, namespace, name)
         if fresh is None or (uid and fresh["metadata"].get("uid") != uid):
             return False  # deleted (or replaced by a namesake) meanwhile
         current = fresh.get("status") or {}
@@ -301,15 +349,19 @@ def write_status(kube: Kube, owner: dict[str, Any], status: dict[str, Any]) -> b
     raise RuntimeError(f"the status of {namespace}/{name} kept changing under the operator")
 
 
+def endpoint(settings: Settings, owner: dict[str, Any], spec: InferenceServiceSpec) -> str:
+    meta = owner["metadata"]
+    port = adapter_for(spec.engine.type).port
+    return conditions.endpoint_url(meta["name"], meta["namespace"], port, settings.cluster_domain)
+
+
 def observed_status(settings: Settings, owner: dict[str, Any], spec: InferenceServiceSpec,
-                    deployment: dict[str, Any] | None) -> dict[str, Any]:
+                    deployment: dict[str, Any] | None, pods: PodHealth | None = None) -> dict[str, Any]:
     meta = owner["metadata"]
     status = owner.get("status") or {}
-    port = adapter_for(spec.engine.type).port
     return conditions.workload_status(
         deployment, generation=meta.get("generation"), conditions=status.get("conditions"),
-        endpoint=conditions.endpoint_url(meta["name"], meta["namespace"], port, settings.cluster_domain),
-        selector=build.selector_string(meta["name"]))
+        endpoint=endpoint(settings, owner, spec), selector=build.selector_string(meta["name"]), pod_health=pods)
 
 
 def parse(owner: dict[str, Any]) -> InferenceServiceSpec:
@@ -317,5 +369,5 @@ def parse(owner: dict[str, Any]) -> InferenceServiceSpec:
     return parse_spec(owner.get("spec"))
 
 
-__all__ = ["Kube", "Outcome", "SpecError", "load_configuration", "observed_status", "parse", "read_service",
-           "realise", "write_status"]
+__all__ = ["Kube", "Outcome", "SpecError", "api_error_message", "desired_children", "drifted", "endpoint", "load_configuration",
+           "observed_status", "parse", "read_service", "realise", "write_status"]

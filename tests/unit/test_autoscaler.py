@@ -8,8 +8,8 @@ import pytest
 
 from tokenscale.api import parse_spec
 from tokenscale.autoscaler import (
-    SignalSnapshots,
-    _reason,
+    Autoscaler,
+    condition_reason,
     cost_per_million_tokens,
     signals_status,
     source_config,
@@ -20,10 +20,12 @@ from tokenscale.policy import Signals
 from tokenscale.settings import Settings
 
 
-def test_no_prometheus_url_means_no_source_and_a_reason():
+def test_no_prometheus_url_means_no_source_and_acondition_reason():
     assert source_config(Settings()) is None
-    signals, why = SignalSnapshots(None, 15.0).get(ServiceRef("ns", "svc"))
-    assert signals == Signals() and "--prometheus-url" in why
+    scaler = Autoscaler(None, Settings())
+    signals, why = scaler.read_signals([ServiceRef("ns", "svc")], now=0.0)
+    assert signals == {} and "--prometheus-url" in why
+    scaler.close()
 
 
 def test_settings_map_onto_the_prometheus_client():
@@ -48,10 +50,10 @@ def test_settings_that_would_inject_are_refused(bad):
 
 
 def test_condition_reasons_are_camel_case():
-    assert _reason("maxReplicas") == "MaxReplicas"
-    assert _reason("hold:metricsUnavailable") == "HoldMetricsUnavailable"
-    assert _reason("scaleDownStabilization") == "ScaleDownStabilization"
-    assert _reason("") == "Unknown"
+    assert condition_reason("maxReplicas") == "MaxReplicas"
+    assert condition_reason("hold:metricsUnavailable") == "HoldMetricsUnavailable"
+    assert condition_reason("scaleDownStabilization") == "ScaleDownStabilization"
+    assert condition_reason("") == "Unknown"
 
 
 def test_signals_status_leaves_out_what_is_missing_or_not_finite():
