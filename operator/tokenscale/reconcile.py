@@ -181,9 +181,10 @@ def api_error_message(error: Exception) -> str:
         return f"{error.status} {error.reason}"
     message = str(body["message"])
     causes = ((body.get("details") or {}).get("causes")) or []
+    # A 422's message already lists "field: message" for each cause; add the causes it leaves out.
     extra = [f"{c.get('field', '')}: {c.get('reason', '')}: {c.get('message', '')}".strip(": ")
-             for c in causes if isinstance(c, dict)]
-    extra = [text for text in extra if text and text not in message]
+             for c in causes if isinstance(c, dict)
+             and not (c.get("field") and f"{c['field']}: " in message) and c.get("message", "") not in message]
     if extra:
         message = f"{message} ({'; '.join(extra)})"
     return f"{error.status} {body.get('reason') or error.reason}: {message}"
