@@ -82,6 +82,13 @@ async def tokenscale_deployments(body: kopf.Body, namespace: str, labels: Mappin
     return {(namespace, service): autoscaler.deployment_view(body)} if service else {}
 
 
+@kopf.index("v1", "services", labels=MANAGED)
+async def tokenscale_network_services(namespace: str, labels: Mapping[str, str], **_: Any) -> dict[Any, Any]:
+    """Which serving Services exist (from the watch the drift handler needs anyway)."""
+    service = labels.get(SERVICE_LABEL)
+    return {(namespace, service): True} if service else {}
+
+
 @kopf.index("v1", "pods", labels={SERVICE_LABEL: kopf.PRESENT})
 async def tokenscale_pod_problems(body: kopf.Body, namespace: str, labels: Mapping[str, str],
                                   **_: Any) -> dict[Any, Any]:
@@ -105,7 +112,8 @@ def _watched_owner(index: Any, namespace: str, name: str) -> dict[str, Any] | No
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL)
-def serve(body: kopf.Body, reason: str, memo: Any, tokenscale_pod_problems: Any = None, **_: Any) -> None:
+def serve(body: kopf.Body, reason: str, memo: Any, tokenscale_pod_problems: Any = None,
+          tokenscale_deployments: Any = None, tokenscale_network_services: Any = None, **_: Any) -> None:
     """Create or update the serving workload of an InferenceService."""
     owner = copy.deepcopy(dict(body))
     settings, kube = _settings(memo), _kube(memo)
@@ -115,8 +123,18 @@ def serve(body: kopf.Body, reason: str, memo: Any, tokenscale_pod_problems: Any 
         _degrade(kube, body, owner, "InvalidSpec", str(error))
         raise kopf.PermanentError(f"invalid spec: {error}") from None  # no retry until the spec changes
     try:
-        # A new object's children are created at once, read only on a 409 (one request each).
-        outcome = reconcile.realise(kube, settings, owner, spec, new=reason == "create")
+        # A new object's children are created at once, read only on a 409 (one request each). kopf
+        # fills its indices before any handler runs: no Deployment there means none exists yet.
+        meta = owner["metadata"]
+        key = (meta["namespace"], meta["name"])
+        seen = list(tokenscale_deployments.get(key, ())) if tokenscale_deployments is not None else None
+        # On a resume of a spec handled before whose Deployment and Service exist, the watch's
+        # ADDED events check those two for drift without a request.
+        handled = (owner.get("status") or {}).get("observedGeneration") == meta.get("generation")
+        watched = seen[0] if reason == "resume" and seen and handled and tokenscale_network_services is not None \
+            and tokenscale_network_services.get(key) else None
+        outcome = reconcile.realise(kube, settings, owner, spec, new=reason == "create" or seen == [],
+                                    watched=watched)
     except reconcile.ForeignObjectError as error:
         _degrade(kube, body, owner, "NameConflict", str(error))
         raise kopf.TemporaryError(str(error), delay=CONFLICT_RETRY_DELAY) from None
@@ -125,7 +143,6 @@ def serve(body: kopf.Body, reason: str, memo: Any, tokenscale_pod_problems: Any 
         message = f"applying the serving workload failed: {reconcile.api_error_message(error)}"
         _degrade(kube, body, owner, "ApplyFailed", message)
         raise kopf.TemporaryError(message, delay=RETRY_DELAY) from None
-    meta = owner["metadata"]
     health = _pod_health(tokenscale_pod_problems, meta["namespace"], meta["name"])
     reconcile.write_status(kube, owner, reconcile.observed_status(settings, owner, spec, outcome.deployment, health),
                            trust_owner=True)

@@ -45,6 +45,10 @@ def load_configuration(settings: Settings) -> kubernetes.client.Configuration:
     else:
         kubernetes.config.load_kube_config(config_file=settings.kubeconfig, context=settings.context,
                                            client_configuration=configuration)
+    # One connection per thread that may call at once (kopf's handler threads, the tick's writers):
+    # a smaller pool discards and reopens connections under load.
+    configuration.connection_pool_maxsize = max(configuration.connection_pool_maxsize or 0,
+                                                2 * settings.write_concurrency + 8)
     return configuration
 
 
@@ -271,20 +275,28 @@ def desired_children(settings: Settings, owner: dict[str, Any], spec: InferenceS
 
 
 def realise(kube: Kube, settings: Settings, owner: dict[str, Any], spec: InferenceServiceSpec, *,
-            new: bool = False) -> Outcome:
+            new: bool = False, watched: dict[str, Any] | None = None) -> Outcome:
     """Make the children of one InferenceService match its spec.
 
     `new`: the InferenceService was just created, so its children most likely do not exist:
     each is created at once (one request) and read only if that meets a 409. Otherwise each is
-    read and repaired where it drifted.
+    read and repaired where it drifted. `watched` (the Deployment as watched, on a resume where
+    the Deployment and the Service exist and the spec was handled before): those two are left to
+    the watch-driven drift checks, which compare the watched copies without a request.
     """
     namespace, name, uid = owner["metadata"]["namespace"], owner["metadata"]["name"], owner["metadata"]["uid"]
     deployments = Children(kube, "Deployment")
-    live = None if new else deployments.read(namespace, name)
-    current = (live.get("spec") or {}).get("replicas") if live else None
+    if watched is not None:
+        live, current = watched, (watched.get("spec") or {}).get("replicas")
+    else:
+        live = None if new else deployments.read(namespace, name)
+        current = (live.get("spec") or {}).get("replicas") if live else None
     wanted = desired_children(settings, owner, spec, current)
-    action, deployment = apply_child(kube, owner, wanted.deployment, create_first=new)
-    actions = {"Deployment": action, "Service": apply_child(kube, owner, wanted.service, create_first=new)[0]}
+    if watched is not None:
+        deployment, actions = watched, {"Deployment": "unchanged", "Service": "unchanged"}
+    else:
+        action, deployment = apply_child(kube, owner, wanted.deployment, create_first=new)
+        actions = {"Deployment": action, "Service": apply_child(kube, owner, wanted.service, create_first=new)[0]}
     for kind, desired in (("PodDisruptionBudget", wanted.pod_disruption_budget),):
         if desired is not None:
             actions[kind] = apply_child(kube, owner, desired, create_first=new)[0]
