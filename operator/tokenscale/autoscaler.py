@@ -509,6 +509,8 @@ class WatchedState:
         self.deployments: dict[ServiceKey, DeploymentView] = {}
         self.network_services: set[ServiceKey] = set()
         self.problems: dict[ServiceKey, dict[str, PodProblem]] = {}
+        # services whose children changed before they were cached: their next reconcile reads them
+        self.unchecked: set[ServiceKey] = set()
 
     @staticmethod
     def _key(body: Mapping[str, Any], label: bool) -> ServiceKey | None:

@@ -87,6 +87,12 @@ async def watch_deployments(event: dict[str, Any], body: kopf.Body, memo: Any, *
     _watched(memo).deployment_event(event.get("type"), body)
 
 
+@kopf.on.event("v1", "services", labels=MANAGED, id="watch_network_services")
+async def watch_network_services(event: dict[str, Any], body: kopf.Body, memo: Any, **_: Any) -> None:
+    """Which serving Services exist."""
+    _watched(memo).network_service_event(event.get("type"), body)
+
+
 @kopf.on.event("v1", "pods", labels={SERVICE_LABEL: kopf.PRESENT})
 async def watch_pods(event: dict[str, Any], body: kopf.Body, memo: Any, **_: Any) -> None:
     """Only the serving pods that cannot start or cannot be scheduled are kept."""
@@ -119,8 +125,9 @@ def serve(body: kopf.Body, reason: str, memo: Any, **_: Any) -> None:
         handled = (owner.get("status") or {}).get("observedGeneration") == meta.get("generation")
         deployment = watched_state.deployments.get(key)
         watched = deployment if reason == "resume" and handled and deployment is not None \
-            and key in watched_state.network_services else None
+            and key in watched_state.network_services and key not in watched_state.unchecked else None
         outcome = reconcile.realise(kube, settings, owner, spec, new=reason == "create", watched=watched)
+        watched_state.unchecked.discard(key)
     except reconcile.ForeignObjectError as error:
         _degrade(kube, body, owner, "NameConflict", str(error))
         raise kopf.TemporaryError(str(error), delay=CONFLICT_RETRY_DELAY) from None
@@ -166,7 +173,6 @@ def deployment_changed(event: dict[str, Any], body: kopf.Body, memo: Any, **_: A
 
 @kopf.on.event("v1", "services", labels=MANAGED)
 def service_changed(event: dict[str, Any], body: kopf.Body, memo: Any, **_: Any) -> None:
-    _watched(memo).network_service_event(event.get("type"), body)
     _child_changed(event, body, memo)
 
 
@@ -179,7 +185,12 @@ def _child_changed(event: dict[str, Any], body: kopf.Body, memo: Any) -> None:
     watched_state = _watched(memo)
     view = watched_state.services.get((namespace, name))
     owner = view.owner() if view is not None else None
-    if owner is None:  # not in the index yet (start-up): ask the API server
+    if owner is None:
+        if event.get("type") != "DELETED":
+            # Start-up: the owner is not in the cache yet. Its resume handler reads and repairs
+            # the children itself (no watched shortcut for it), so no read here.
+            watched_state.unchecked.add((namespace, name))
+            return
         owner = reconcile.read_service(kube, namespace, name)
     if owner is None or owner["metadata"].get("deletionTimestamp"):
         return  # the service is going away; garbage collection takes the children
