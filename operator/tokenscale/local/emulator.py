@@ -287,6 +287,7 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
     # A real API server answers in tens of milliseconds: each request (a watch: its start) waits
     # latency + uniform(0, jitter) seconds. 0 for tests; the benchmark sets 20 ms.
     _served: int = attrs.field(default=0, init=False)  # requests recorded, ever (the log is trimmed)
+    _tally: collections.Counter = attrs.field(factory=collections.Counter, init=False)  # never trimmed
     latency: float = attrs.field(default=0.0)
     jitter: float = attrs.field(default=0.0)
     # (verb, plural) -> the refusal those requests get, e.g. ("create", "services").
@@ -360,12 +361,11 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
             self.latency, self.jitter = float(wanted.get("latency", 0.0)), float(wanted.get("jitter", 0.0))
             return aiohttp.web.json_response({"latency": self.latency, "jitter": self.jitter})
         if raw_request.path == f"{CONTROL_PATH}/requests":
-            agent = raw_request.query.get("userAgent", "")
             counts: collections.Counter[str] = collections.Counter()
-            for record in self._log:
-                if agent and agent not in record.user_agent:
-                    continue
-                counts[f"{record.verb} {record.resource}{'/' + record.subresource if record.subresource else ''}"] += 1
+            for (method, plural, sub, named), count in self._tally.items():
+                verb = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(
+                    method, "get" if named else "list")
+                counts[f"{verb} {plural}{'/' + sub if sub else ''}"] += count
             return aiohttp.web.json_response({"total": self._served, "counts": dict(counts)})
         return aiohttp.web.json_response({"message": "not found"}, status=404)
 
@@ -391,6 +391,9 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
 
     def _record(self, request: kmock.Request, status: int) -> None:
         self._served += 1
+        if request.resource is not None and request.resource.plural:
+            self._tally[(str(request.method.value).upper(), request.resource.plural, request.subresource or "",
+                         "name" if request.name else "")] += 1
         if len(self._requests) > REQUESTS_KEPT:
             del self._requests[: len(self._requests) - REQUESTS_KEPT // 2]
         if len(self._log) > REQUEST_LOG_KEPT:
@@ -875,11 +878,10 @@ def set_latency(kubeconfig: str | Path, latency: float, jitter: float = 0.0) -> 
     urllib.request.urlopen(request, timeout=10).read()
 
 
-def request_counts(kubeconfig: str | Path, user_agent: str = "") -> dict[str, Any]:
-    """{"total": requests served ever, "counts": {"verb resource[/sub]": n}} (counts: the kept log)."""
-    import urllib.parse
+def request_counts(kubeconfig: str | Path) -> dict[str, Any]:
+    """{"total": requests served, "counts": {"verb resource[/sub]": n}} since the emulator started
+    (a watch counts once, when it starts; "get" of a collection is a list)."""
     import urllib.request
 
-    query = f"?userAgent={urllib.parse.quote(user_agent)}" if user_agent else ""
-    with urllib.request.urlopen(f"{_control_url(kubeconfig)}/requests{query}", timeout=30) as response:
+    with urllib.request.urlopen(f"{_control_url(kubeconfig)}/requests", timeout=30) as response:
         return json.loads(response.read())
