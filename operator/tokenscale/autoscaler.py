@@ -213,7 +213,8 @@ class Autoscaler:
         self.post_event = post_event
         self.memory: dict[ServiceKey, _Memory] = {}
         self.plan_settings = PlanSettings(signal_band=settings.signal_band,
-                                          heartbeat_seconds=settings.heartbeat_ticks * settings.tick_seconds)
+                                          heartbeat_seconds=settings.heartbeat_ticks * settings.tick_seconds,
+                                          slack_seconds=settings.tick_seconds / 2)
         self.concurrency = max(1, settings.write_concurrency)
         self.pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="autoscale")
         self._specs: dict[tuple[str, int | None], InferenceServiceSpec | None] = {}

@@ -218,3 +218,17 @@ def test_the_heartbeat_bounds_the_age_of_sampled_at(heartbeat):
 
         ages.append(now - parse_rfc3339(service.status["signals"]["sampledAt"]))
     assert max(ages) < heartbeat
+
+
+def test_a_heartbeat_a_little_short_of_n_ticks_is_due():
+    """Ticks start just after their grid point: 19.998 s after the last write is the 20 s heartbeat."""
+    service = Service(replicas=2, ready=2)
+    service.tick(T0 + 0.003, steady())
+    settings = PlanSettings(heartbeat_seconds=20.0, slack_seconds=2.5)
+    plan = plan_tick(TickInput(
+        name="chat", namespace="team", generation=1, spec=service.spec, status=service.status,
+        decision=decide(steady(), service.spec.autoscaling, ReplicaState(2, 2), service.memory, T0 + 20.001),
+        signals=steady(), unavailable=None, no_prometheus=False, replicas=ReplicaState(2, 2), pods=PodHealth(),
+        deployment=deployment(2, 2), endpoint="e", selector="s", now=T0 + 20.001, last_write=T0 + 0.003,
+        settings=settings))
+    assert plan.why == ("heartbeat",)

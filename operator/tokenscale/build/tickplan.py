@@ -111,6 +111,9 @@ class Event:
 class PlanSettings:
     signal_band: float = 0.1  # relative movement of a signal that is worth a status write
     heartbeat_seconds: float = 60.0  # a write at least this often, so sampledAt tells freshness
+    # Ticks start a little after their grid point, so a heartbeat exactly N ticks after the last
+    # write may read 19.998 s for 20: due from half a tick before (without it, a tick late).
+    slack_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -238,7 +241,8 @@ def plan_tick(tick: TickInput) -> TickPlan:
             last_write = tick.last_write
             if last_write is None:
                 last_write = parse_rfc3339((status.get("signals") or {}).get("sampledAt"))
-            if last_write is None or tick.now - last_write >= tick.settings.heartbeat_seconds - 1e-6:
+            due = tick.settings.heartbeat_seconds - tick.settings.slack_seconds - 1e-6
+            if last_write is None or tick.now - last_write >= due:
                 why.append("heartbeat")
             wanted["signals"] = signals
 
