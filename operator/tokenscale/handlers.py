@@ -62,6 +62,7 @@ def login(memo: Any, **_: Any) -> kopf.ConnectionInfo:
 @kopf.on.startup()
 def startup(memo: Any, **_: Any) -> None:
     memo.kube = reconcile.Kube.connect(_settings(memo))
+    memo.watched = autoscaler.WatchedState()  # on the operator's memo: every handler's copy shares it
 
 
 # --- watched state: an informer-style cache fed by kopf's watch streams ---------------------------
