@@ -278,7 +278,7 @@ def desired_children(settings: Settings, owner: dict[str, Any], spec: InferenceS
     key = (meta.get("uid"), meta.get("generation"), current_replicas, settings.default_server_image)
     if meta.get("uid") and key in _DESIRED:
         return _DESIRED[key]
-    if len(_DESIRED) > 50_000:
+    if len(_DESIRED) > 2_000:  # bounded: a fleet's worth would cost tens of MB per thousand services
         _DESIRED.clear()
     _DESIRED[key] = wanted = build.children(meta["name"], meta["namespace"], spec, current_replicas=current_replicas,
                           default_server_image=settings.default_server_image,
@@ -410,7 +410,7 @@ def parse(owner: dict[str, Any]) -> InferenceServiceSpec:
         return _PARSED[key]
     spec = parse_spec(owner.get("spec"))
     if key[0] and key[1] is not None:
-        if len(_PARSED) > 50_000:
+        if len(_PARSED) > 2_000:
             _PARSED.clear()
         _PARSED[key] = spec
     return spec
