@@ -1,26 +1,31 @@
-"""The autoscaler's I/O glue: one shared Prometheus snapshot per tick, decide, act, explain.
+"""The autoscaler: one tick for the whole fleet — observe, decide, plan, act.
 
-Every InferenceService gets a tick (handlers.py calls `Autoscaler.tick` every
-Settings.tick_seconds). A tick reads the service's signals from a snapshot shared by all
-services (`SignalSnapshots`: one batched Prometheus read per tick, whatever the number of
-services), calls the pure `tokenscale.policy.decide`, scales the Deployment only when the
-decision changes it (never in DryRun), and writes status: desired/recommended replicas,
-signals, the last 10 decisions, the policy's history (so a restarted operator resumes),
-conditions MetricsAvailable / ScalingActive / ScalingLimited, and the cost per million tokens.
-Manual mode (autoscaling off) is applied by the reconcile handlers; here it only reports.
+- observe: every InferenceService, its Deployment and its pods that cannot start, from watched
+  state (`WatchedState`, an informer-style cache fed by kopf's watch streams), and one
+  Prometheus snapshot for all services (one query per signal). No per-tick GETs.
+- decide: `policy.decide` per service (pure).
+- plan: `build.tickplan.plan_tick` per service (pure): the status patch (only on a material
+  change or the heartbeat), the scale, the conditions, the Events.
+- act: only what the plans say, with bounded concurrency (the kubernetes client is synchronous:
+  its calls run on a bounded thread pool, each with a timeout), every write at the
+  resourceVersion that was observed, so a stale view meets a 409 and waits for the next tick
+  instead of acting on it. One failing or slow service delays no other: errors are caught and
+  reported per service, and a service whose last writes are still in flight is skipped.
+
+The policy's memory lives in status.autoscaler (written with every material change) and, between
+writes, in this process; a restarted operator resumes from the status (docs/operator.md says
+what is lost).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
+import contextlib
 import datetime
 import logging
-import math
-import re
-import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,10 +33,25 @@ from typing import Any
 import kubernetes
 
 from tokenscale import reconcile
-from tokenscale.api import AutoscalingMode, InferenceServiceSpec, SpecError, parse_spec, parse_status
-from tokenscale.api.models import DecisionRecord, SignalsStatus
-from tokenscale.build import conditions
-from tokenscale.build.labels import SERVICE_LABEL
+from tokenscale.api import (
+    API_VERSION,
+    KIND,
+    InferenceServiceSpec,
+    SpecError,
+    parse_spec,
+    parse_status,
+)
+from tokenscale.build import selector_string
+from tokenscale.build.pods import PodHealth, PodProblem
+from tokenscale.build.tickplan import (
+    PlanSettings,
+    TickInput,
+    TickPlan,
+    condition_reason,
+    cost_per_million_tokens,
+    plan_tick,
+    signals_status,
+)
 from tokenscale.metrics.promql import Grouping, Windows
 from tokenscale.metrics.source import (
     MetricsUnavailable,
@@ -41,18 +61,18 @@ from tokenscale.metrics.source import (
     ServiceRef,
 )
 from tokenscale.observability import OperatorMetrics
-from tokenscale.policy import Decision, ReplicaState, Signals, decide, history_from_status, history_to_status
+from tokenscale.policy import Decision, History, ReplicaState, Signals, decide, history_from_status
 from tokenscale.settings import Settings
+from tokenscale.watched import DeploymentView, ServiceView, WatchedState, deployment_view, service_view
 
 log = logging.getLogger("tokenscale.autoscaler")
 
-METRICS_AVAILABLE = "MetricsAvailable"
-SCALING_ACTIVE = "ScalingActive"
-SCALING_LIMITED = "ScalingLimited"
-DECISIONS_KEPT = 10
 MERGE_PATCH = "application/merge-patch+json"
+_VERBS = {"GET": "get", "POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}
+PostEvent = Callable[[dict[str, Any], str, str, str], None]  # (object, type, reason, message)
 
-Announce = Callable[[str, str, str], None]  # (type Normal/Warning, reason, message) -> an Event
+__all__ = ["Autoscaler", "DeploymentView", "ServiceView", "WatchedState", "condition_reason", "cost_per_million_tokens",
+           "deployment_view", "seconds_to_next_tick", "service_view", "signals_status", "source_config"]
 
 
 def source_config(settings: Settings) -> PrometheusConfig | None:
@@ -73,311 +93,421 @@ def source_config(settings: Settings) -> PrometheusConfig | None:
     )
 
 
-# --- the shared snapshot ----------------------------------------------------------------------
-
-
-@dataclass
-class _Snapshot:
-    taken_at: float
-    covers: frozenset[ServiceRef]
-    signals: dict[ServiceKey, Signals] = field(default_factory=dict)
-    error: str | None = None
-
-
-class SignalSnapshots:
-    """One Prometheus read per tick for every service; each service's tick takes its share.
-
-    The first service to tick after the snapshot is a tick old (or that the snapshot does not
-    cover: a new service, a changed engine or activation query) refreshes it for all known
-    services; the others reuse it. A failed read is shared too: an outage costs one request
-    per tick, not one per service. Services unseen for three ticks are forgotten.
-    """
-
-    def __init__(self, source: PrometheusSource | None, tick_seconds: float, clock: Callable[[], float] = time.time,
-                 missing_reason: str = "no Prometheus configured (--prometheus-url)",
-                 metrics: OperatorMetrics | None = None):
-        self.source = source
-        self.metrics = metrics
-        self.tick_seconds = tick_seconds
-        self.clock = clock
-        self.missing_reason = missing_reason
-        self._lock = threading.Lock()
-        self._seen: dict[ServiceKey, tuple[ServiceRef, float]] = {}
-        self._snapshot: _Snapshot | None = None
-        self.reads = 0
-
-    def get(self, ref: ServiceRef) -> tuple[Signals, str | None]:
-        """This service's signals and, when Prometheus could not be read, why."""
-        if self.source is None:
-            return Signals(), self.missing_reason
-        with self._lock:
-            now = self.clock()
-            self._seen[ref.key] = (ref, now)
-            for key, (_, seen) in list(self._seen.items()):
-                if now - seen > 3 * self.tick_seconds:
-                    del self._seen[key]
-            snapshot = self._snapshot
-            stale = snapshot is None or now - snapshot.taken_at >= self.tick_seconds * 0.95
-            if stale or ref not in snapshot.covers:
-                snapshot = self._snapshot = self._read(now)
-        if snapshot.error is not None:
-            return Signals(), snapshot.error
-        return snapshot.signals.get(ref.key, Signals()), None
-
-    def _read(self, now: float) -> _Snapshot:
-        refs = frozenset(ref for ref, _ in self._seen.values())
-        self.reads += 1
-        assert self.source is not None
-        sent_before = getattr(self.source, "queries_sent", 0)
-        try:
-            return _Snapshot(now, refs, self.source.read(refs, at=now))
-        except MetricsUnavailable as error:
-            log.warning("signals unavailable for %d service(s): %s", len(refs), error)
-            if self.metrics is not None:
-                self.metrics.read_failed()
-            return _Snapshot(now, refs, error=str(error))
-        finally:
-            if self.metrics is not None:
-                self.metrics.queries_sent(getattr(self.source, "queries_sent", 0) - sent_before)
-
-
-# --- one service's tick -----------------------------------------------------------------------
-
-
-def _rfc3339(timestamp: float) -> str:
-    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _reason(rule: str) -> str:
-    """A condition reason (CamelCase) from a policy rule name such as hold:metricsUnavailable."""
-    words = [w for w in re.split(r"[^A-Za-z0-9]+", rule) if w]
-    return "".join(w[:1].upper() + w[1:] for w in words) or "Unknown"
-
-
-def _finite(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
-
-
-def signals_status(signals: Signals, at: float) -> dict[str, Any]:
-    values = {name: _finite(getattr(signals, name)) for name in (
-        "tokens_per_second", "tokens_per_second_long", "prompt_tokens_per_second", "queue_depth",
-        "running_requests", "kv_cache_usage", "ttft_p90_seconds", "activation", "sample_age_seconds")}
-    rounded = {k: (round(v, 3) if v is not None else None) for k, v in values.items()}
-    return SignalsStatus(**rounded, sampled_at=_rfc3339(at)).model_dump(by_alias=True, exclude_none=True, mode="json")
-
-
-def cost_per_million_tokens(spec: InferenceServiceSpec, replicas: int, tokens_per_second: float | None) -> float | None:
-    """GPU cost of the replicas running now, per million generated tokens at the current rate."""
-    if spec.cost_per_gpu_hour is None or tokens_per_second is None or not math.isfinite(tokens_per_second):
-        return None
-    if tokens_per_second <= 0:
-        return None
-    dollars_per_second = replicas * spec.resources.gpus * spec.cost_per_gpu_hour / 3600.0
-    return round(dollars_per_second / tokens_per_second * 1e6, 4)
-
-
 def seconds_to_next_tick(now: float, tick_seconds: float) -> float:
     """Time to the next multiple of the tick on the wall clock. Ticks on a fixed grid do not drift
-    by their own duration (a tick every `tick + duration` would add to the reaction time), and the
-    services of one operator tick together, so they share one snapshot of the signals."""
+    by their own duration (a tick every `tick + duration` would add to the reaction time)."""
     return tick_seconds - (now % tick_seconds)
 
 
-class Autoscaler:
-    """Ticks of all services of one operator: shares the snapshot, the clients, the clock."""
+# --- the tick -----------------------------------------------------------------------------------
 
-    def __init__(self, kube: reconcile.Kube, settings: Settings, *, clock: Callable[[], float] = time.time,
-                 source: PrometheusSource | None = None):
+
+@dataclass
+class _Memory:
+    """What this process remembers of a service between status writes."""
+
+    uid: str
+    history: History | None = None
+    last_write: float | None = None  # when the signals were last written
+    decided_at: float | None = None  # the last tick that decided for it
+    busy: bool = False  # its writes from an earlier tick are still in flight
+
+
+@dataclass
+class TickReport:
+    """What one tick did: for the operator's metrics and the benchmark."""
+
+    started: float
+    services: int = 0
+    decided: int = 0
+    planned_writes: int = 0
+    status_writes: int = 0
+    scales: int = 0
+    events: int = 0
+    errors: int = 0
+    skipped_busy: int = 0
+    requests: Counter = field(default_factory=Counter)  # verb -> API requests the act step made
+    seconds: float = 0.0
+
+
+@dataclass(eq=False)
+class _Job:
+    view: ServiceView
+    plan: TickPlan
+    decision: Decision | None
+    memory: _Memory
+    deployment_version: str = ""  # the Deployment's resourceVersion the decision saw
+
+
+class Autoscaler:
+    """The fleet's ticks: shares the snapshot, the clients, the clock, and the memory."""
+
+    def __init__(self, kube: reconcile.Kube | None, settings: Settings, *, clock: Callable[[], float] = time.time,
+                 source: PrometheusSource | None = None, metrics: OperatorMetrics | None = None,
+                 post_event: PostEvent | None = None):
         self.kube = kube
         self.settings = settings
         self.clock = clock
         config = source_config(settings)
         if source is None and config is not None:
             source = PrometheusSource(config)
-        self.metrics = OperatorMetrics()
-        if settings.metrics_address:
-            host, port = self.metrics.serve(settings.metrics_address)
-            log.info("serving the operator's metrics on http://%s:%d/metrics", host, port)
-        self.snapshots = SignalSnapshots(source, settings.tick_seconds, clock, metrics=self.metrics)
-        # Ticks run on their own threads: while one waits on a slow Prometheus (the others wait
-        # for its snapshot), kopf's default executor stays free for the reconcile handlers.
-        self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="autoscale")
+        self.source = source
+        self.metrics = metrics or OperatorMetrics()
+        self.post_event = post_event
+        self.memory: dict[ServiceKey, _Memory] = {}
+        self.plan_settings = PlanSettings(signal_band=settings.signal_band,
+                                          heartbeat_seconds=settings.heartbeat_ticks * settings.tick_seconds,
+                                          slack_seconds=settings.tick_seconds / 2)
+        self.concurrency = max(1, settings.write_concurrency)
+        self.pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="autoscale")
+        self._specs: dict[tuple[str, int | None], InferenceServiceSpec | None] = {}
+        self._outage: str | None = None
+        self._pending: set[asyncio.Task] = set()
+        self.last_report: TickReport | None = None
 
     def close(self) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)
-        self.metrics.close()
-        if self.snapshots.source is not None:
-            self.snapshots.source.close()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        if self.source is not None:
+            self.source.close()
 
-    async def tick_async(self, owner: dict[str, Any], announce: Announce | None = None) -> Decision | None:
-        """`tick` on the autoscaler's threads, keeping the caller's context (kopf posts Events from it)."""
-        context = contextvars.copy_context()
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, context.run, self.tick, owner, announce)
+    # --- observe ---------------------------------------------------------------------------------
 
-    def tick(self, owner: dict[str, Any], announce: Announce | None = None) -> Decision | None:
-        """Decide for one InferenceService and act. None: nothing to decide.
+    def _spec(self, view: ServiceView) -> InferenceServiceSpec | None:
+        key = (view.uid, view.generation)
+        if key not in self._specs:
+            try:
+                self._specs[key] = parse_spec(dict(view.spec))
+            except SpecError:
+                self._specs[key] = None  # reported as Degraded by the reconcile handler
+        return self._specs[key]
 
-        `owner` names the object; its current state is read again, because the policy's history
-        and the decisions live in status and a watch event may not have arrived since the last tick.
-        """
-        meta = owner.get("metadata") or {}
-        namespace, name = meta.get("namespace"), meta.get("name")
-        if not namespace or not name:
-            return None
-        started = time.perf_counter()
-        decision = self._tick(namespace, name, announce)
-        if decision is None:
-            self.metrics.forget(namespace, name)  # deleted, invalid or not autoscaled: no series
-        self.metrics.tick_duration.observe(time.perf_counter() - started)
-        return decision
-
-    def forget(self, namespace: str, name: str) -> None:
-        """The service is gone from this operator (deleted, or its daemon stopped): drop its series."""
-        self.metrics.forget(namespace, name)
-
-    def _tick(self, namespace: str, name: str, announce: Announce | None) -> Decision | None:
-        owner = reconcile.read_service(self.kube, namespace, name) or {}
-        if not owner or (owner.get("metadata") or {}).get("deletionTimestamp"):
-            return None
+    def read_signals(self, refs: Iterable[ServiceRef], now: float) -> tuple[dict[ServiceKey, Signals], str | None]:
+        """One Prometheus read for every service; an outage is logged when it starts and ends."""
+        if self.source is None:
+            return {}, "no Prometheus configured (--prometheus-url)"
+        refs = list(refs)
+        if not refs:
+            return {}, None
+        sent_before = self.source.queries_sent
         try:
-            spec = parse_spec(owner.get("spec"))
-        except SpecError:
-            return None  # reported as Degraded by the reconcile handler
-        deployment = reconcile.Children(self.kube, "Deployment").read(namespace, name)
-        if deployment is None:
-            return None  # the reconcile handler creates it
-        scaling = spec.autoscaling
-        current = int((deployment.get("spec") or {}).get("replicas", 1) or 0)
-        ready = int((deployment.get("status") or {}).get("readyReplicas") or 0)
-        status = owner.get("status") or {}
-        if not scaling.enabled:
-            self._write_manual(owner, status)
-            return None
+            signals = self.source.read(refs, at=now)
+        except MetricsUnavailable as error:
+            self.metrics.read_failed()
+            if self._outage is None:
+                log.warning("Prometheus unavailable: %s; holding every service's replica count until it returns",
+                            error)
+            self._outage = str(error)
+            return {}, str(error)
+        finally:
+            self.metrics.queries_sent(self.source.queries_sent - sent_before)
+        if self._outage is not None:
+            log.warning("Prometheus is back (signals read for %d service(s))", len(refs))
+            self._outage = None
+        return signals, None
 
-        unschedulable = self._unschedulable(namespace, name) if ready < current else 0
-        replicas = ReplicaState(current=current, ready=min(ready, current), unschedulable=unschedulable)
-        activation = scaling.activation.query if scaling.activation and scaling.min_replicas == 0 else None
-        ref = ServiceRef(namespace, name, spec.engine.type, activation)
-        signals, unavailable = self.snapshots.get(ref)
-        now = self.clock()
-        history = history_from_status(parse_status(status).autoscaler)
-        decision = decide(signals, scaling, replicas, history, now)
+    # --- decide and plan (pure work, on a worker thread) ------------------------------------------
 
-        acts = scaling.mode == AutoscalingMode.Active
-        scaled = False
-        if acts and decision.changed:
-            scaled = self._scale(namespace, name, decision.desired)
-            if scaled and announce is not None:
-                verb = "ScaledUp" if decision.desired > decision.current else "ScaledDown"
-                announce("Normal", verb, decision.reason)
-        self._write(owner, status, spec, decision, signals, unavailable, now, scaled, acts, unschedulable)
-        self.metrics.record(
-            namespace, name, desired=decision.desired if acts else decision.current,
-            recommended=decision.desired, ready=replicas.ready,
-            metrics_available=decision.metrics_available and unavailable is None,
-            scaling_limited=decision.scaling_limited, tokens_per_second=signals.tokens_per_second,
-            queue_depth=signals.queue_depth, limited_by=decision.limited_by,
-            scaled=("up" if decision.desired > decision.current else "down") if scaled else None)
-        return decision
-
-    # --- cluster I/O ----------------------------------------------------------------------------
-
-    def _unschedulable(self, namespace: str, name: str) -> int:
-        """Pods of this service that the scheduler could not place (e.g. no free GPU)."""
-        try:
-            pods = self.kube.core.list_namespaced_pod(namespace, label_selector=f"{SERVICE_LABEL}={name}").items
-        except kubernetes.client.ApiException as error:
-            log.warning("cannot list pods of %s/%s: %s", namespace, name, error.reason)
-            return 0
-        count = 0
-        for pod in pods:
-            if (pod.metadata.labels or {}).get(SERVICE_LABEL) != name or pod.metadata.deletion_timestamp:
+    def plan_all(self, services: list[ServiceView], deployments: Mapping[ServiceKey, DeploymentView],
+                 problems: Mapping[ServiceKey, list[PodProblem]], now: float) -> list[_Job]:
+        """Read the signals once, then decide and plan every service."""
+        live = {(v.namespace, v.name) for v in services}
+        for key in [k for k in self.memory if k not in live]:
+            del self.memory[key]
+            self.metrics.forget(*key)
+        if len(self._specs) > 2 * len(services) + 100:
+            self._specs.clear()
+        candidates = []
+        for view in services:
+            key = (view.namespace, view.name)
+            deployment = deployments.get(key)
+            if view.deleting or deployment is None or (deployment["metadata"]["owners"]
+                                                       and view.uid not in deployment["metadata"]["owners"]):
+                continue  # going away, or its Deployment is not created yet (the reconcile handler's job)
+            spec = self._spec(view)
+            if spec is None:
                 continue
-            for condition in (pod.status.conditions if pod.status else None) or []:
-                if condition.type == "PodScheduled" and condition.status == "False" \
-                        and condition.reason == "Unschedulable":
-                    count += 1
-        return count
+            candidates.append((view, spec, deployment))
+        refs = []
+        for view, spec, _ in candidates:
+            scaling = spec.autoscaling
+            if scaling.enabled:
+                activation = scaling.activation.query if scaling.activation and scaling.min_replicas == 0 else None
+                refs.append(ServiceRef(view.namespace, view.name, spec.engine.type, activation))
+        signals, unavailable = self.read_signals(refs, now)
+        jobs = []
+        for view, spec, deployment in candidates:
+            key = (view.namespace, view.name)
+            memory = self.memory.get(key)
+            if memory is None or memory.uid != view.uid:
+                memory = self.memory[key] = _Memory(uid=view.uid)
+            if memory.busy:
+                continue
+            jobs.append(self._plan_one(view, spec, deployment, problems.get(key, []), signals.get(key, Signals()),
+                                       unavailable, memory, now))
+        return jobs
 
-    def _scale(self, namespace: str, name: str, replicas: int) -> bool:
+    def _plan_one(self, view: ServiceView, spec: InferenceServiceSpec, deployment: DeploymentView,
+                  problems: list[PodProblem], signals: Signals, unavailable: str | None, memory: _Memory,
+                  now: float) -> _Job:
+        current = int(deployment["spec"].get("replicas", 1) or 0)
+        ready = int(deployment["status"].get("readyReplicas") or 0)
+        health = PodHealth.of(problems)
+        replicas = ReplicaState(current=current, ready=min(ready, current), unschedulable=len(health.unschedulable),
+                                failing=min(len(health.failing), max(0, current - ready)),
+                                failing_reason=health.reason)
+        decision = None
+        if spec.autoscaling.enabled:
+            history = memory.history
+            if history is None:
+                history = history_from_status(parse_status(dict(view.status)).autoscaler)
+            decision = decide(signals if unavailable is None else Signals(), spec.autoscaling, replicas, history, now)
+        owner = view.owner()
+        plan = plan_tick(TickInput(
+            name=view.name, namespace=view.namespace, generation=view.generation, spec=spec, status=view.status,
+            decision=decision, signals=signals, unavailable=unavailable, no_prometheus=self.source is None,
+            replicas=replicas, pods=health, deployment=deployment,
+            endpoint=reconcile.endpoint(self.settings, owner, spec), selector=selector_string(view.name),
+            now=now, last_write=memory.last_write, settings=self.plan_settings))
+        if decision is not None:
+            self.metrics.record(
+                view.namespace, view.name, desired=decision.desired if plan.scale_to is not None else decision.current,
+                recommended=decision.desired, ready=replicas.ready,
+                metrics_available=decision.metrics_available and unavailable is None,
+                scaling_limited=decision.scaling_limited, tokens_per_second=signals.tokens_per_second,
+                queue_depth=signals.queue_depth, limited_by=decision.limited_by, scaled=None)
+        else:
+            self.metrics.forget(view.namespace, view.name)
+        return _Job(view=view, plan=plan, decision=decision, memory=memory,
+                    deployment_version=deployment["metadata"]["resourceVersion"])
+
+    # --- act --------------------------------------------------------------------------------------
+
+    async def _request(self, report: TickReport, method: str, path: str, body: Any,
+                       content_type: str = MERGE_PATCH) -> dict[str, Any]:
+        """One API request on the bounded pool, with the request timeout."""
+        assert self.kube is not None
+        report.requests[_VERBS[method]] += 1
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.pool, lambda: self.kube.request(
+            method, path, body, content_type=content_type, timeout=self.settings.request_timeout))
+
+    async def _act(self, job: _Job, report: TickReport, now: float) -> None:
+        view, plan, memory = job.view, job.plan, job.memory
+        assert self.kube is not None
         try:
-            self.kube.apps.patch_namespaced_deployment(
-                name, namespace, {"spec": {"replicas": replicas}}, _content_type=MERGE_PATCH)
+            scaled = False
+            if plan.scale_to is not None:
+                scaled = await self._scale(job, report)
+            patch = plan.status_patch
+            if patch is not None and plan.scale_to is not None and not scaled:
+                patch = {k: v for k, v in patch.items() if k not in ("lastScaleTime", "decisions", "desiredReplicas")}
+            wrote = False
+            if patch:
+                wrote = await self._write_status(view, patch, report)
+                report.status_writes += int(wrote)
+                if wrote and "signals" in patch:
+                    memory.last_write = now
+            if job.decision is not None and (scaled or plan.scale_to is None):
+                memory.history = job.decision.history
+            for event in plan.events:
+                if event.after_scale and not scaled:
+                    continue
+                await self._post(view, event.type, event.reason, event.message, report, now)
+            if scaled and job.decision is not None:
+                self.metrics.scaled(view.namespace, view.name,
+                                    "up" if job.decision.desired > job.decision.current else "down")
+        except Exception as error:  # one service's failure is reported on it alone
+            report.errors += 1
+            self.metrics.tick_error()
+            log.warning("autoscaling %s/%s failed: %s", view.namespace, view.name, reconcile.api_error_message(error))
+        finally:
+            memory.busy = False
+
+    async def _post(self, view: ServiceView, kind: str, reason: str, message: str, report: TickReport,
+                    now: float) -> None:
+        """A core/v1 Event on the InferenceService, as kopf posts them (from the tick's own pool)."""
+        if self.post_event is not None:  # tests
+            self.post_event(view.owner(), kind, reason, message)
+            return
+        assert self.kube is not None
+        stamp = datetime.datetime.fromtimestamp(now, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": "tokenscale-", "namespace": view.namespace},
+            "involvedObject": {"apiVersion": API_VERSION, "kind": KIND, "name": view.name,
+                               "namespace": view.namespace, "uid": view.uid},
+            "type": kind, "reason": reason, "message": message[:1024],
+            "source": {"component": "tokenscale"}, "reportingComponent": "tokenscale",
+            "reportingInstance": self.settings.instance, "firstTimestamp": stamp, "lastTimestamp": stamp,
+            "count": 1,
+        }
+        await self._request(report, "POST", f"/api/v1/namespaces/{view.namespace}/events", body,
+                            content_type="application/json")
+        report.events += 1
+
+    async def _scale(self, job: _Job, report: TickReport) -> bool:
+        """Set the Deployment's replicas at the resourceVersion the decision saw (409: it moved on)."""
+        assert self.kube is not None and job.plan.scale_to is not None
+        view = job.view
+        body = {"spec": {"replicas": job.plan.scale_to}}
+        if job.deployment_version:
+            body["metadata"] = {"resourceVersion": job.deployment_version}
+        try:
+            await self._request(report, "PATCH", f"/apis/apps/v1/namespaces/{view.namespace}/deployments/{view.name}",
+                                body)
+        except kubernetes.client.ApiException as error:
+            if error.status in (404, 409):
+                log.info("not scaling %s/%s this tick: its Deployment changed since it was observed",
+                         view.namespace, view.name)
+                return False
+            raise
+        report.scales += 1
+        return True
+
+    async def _write_status(self, view: ServiceView, patch: dict[str, Any], report: TickReport) -> bool:
+        """Patch status at the observed resourceVersion; on a 409, merge onto a fresh read."""
+        assert self.kube is not None
+        body = {"metadata": {"resourceVersion": view.resource_version}, "status": patch}
+        try:
+            await self._request(report, "PATCH", reconcile.service_path(view.namespace, view.name, "status"), body)
+            return True
         except kubernetes.client.ApiException as error:
             if error.status == 404:
                 return False
-            raise
+            if error.status != 409:
+                raise
+        report.requests["get"] += 1
+        report.requests["patch"] += 1
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.pool, reconcile.write_status, self.kube, view.owner(), patch)
+
+    # --- one tick -----------------------------------------------------------------------------------
+
+    async def tick(self, services: list[ServiceView], deployments: Mapping[ServiceKey, DeploymentView],
+                   problems: Mapping[ServiceKey, list[PodProblem]]) -> TickReport:
+        """Observe (already done by the caller from watched state), decide, plan, act."""
+        now = self.clock()
+        started = time.perf_counter()
+        report = TickReport(started=now, services=len(services))
+        jobs = await asyncio.get_running_loop().run_in_executor(
+            None, self.plan_all, services, deployments, problems, now)
+        report.decided = len(jobs)
+        for job in jobs:
+            job.memory.decided_at = now
+        work = [job for job in jobs if job.plan.status_patch is not None or job.plan.scale_to is not None
+                or job.plan.events]
+        report.planned_writes = sum(1 for job in work if job.plan.status_patch is not None)
+        # Jobs without writes only move the in-memory history on.
+        acting = {id(job) for job in work}
+        for job in jobs:
+            if id(job) not in acting and job.decision is not None:
+                job.memory.history = job.decision.history
+        semaphore = asyncio.Semaphore(self.concurrency)
+
+        async def bounded(job: _Job) -> None:
+            async with semaphore:
+                await self._act(job, report, now)
+
+        tasks = []
+        for job in work:
+            job.memory.busy = True
+            task = asyncio.ensure_future(bounded(job))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+            tasks.append(task)
+        if tasks:
+            # A slow API server delays the next tick at most to its grid point; writes still in flight
+            # then keep their services out of that tick (counted as behind), never the others.
+            budget = max(0.5, self.settings.tick_seconds * 0.9 - (time.perf_counter() - started))
+            await asyncio.wait(tasks, timeout=budget)
+        report.seconds = time.perf_counter() - started
+        report.skipped_busy = sum(1 for m in self.memory.values() if m.busy)
+        self._observe(report, now)
+        self.last_report = report
+        return report
+
+    def _observe(self, report: TickReport, now: float) -> None:
+        decided = [m.decided_at for m in self.memory.values() if m.decided_at is not None]
+        oldest = now - min(decided) if decided else 0.0
+        behind = sum(1 for m in self.memory.values()
+                     if m.decided_at is None or now - m.decided_at > 2 * self.settings.tick_seconds or m.busy)
+        self.metrics.tick_done(seconds=report.seconds, requests=dict(report.requests), writes=report.status_writes,
+                               oldest_decision_age=oldest, behind=behind, services=len(self.memory))
+
+    async def drain(self) -> None:
+        """Wait for writes still in flight (tests, shutdown)."""
+        if self._pending:
+            await asyncio.wait(list(self._pending), timeout=self.settings.request_timeout)
+
+
+# --- the loop -------------------------------------------------------------------------------------
+
+
+class PeeringGate:
+    """Under --peering, act only while this replica is the one kopf lets run (the highest priority
+    of the live peers, alone at it: kopf's own rule); one GET of the peering object per tick."""
+
+    def __init__(self, kube: reconcile.Kube | None, settings: Settings):
+        self.kube, self.settings = kube, settings
+        self.active_since: float | None = None
+
+    def active(self, now: float) -> bool:
+        if not self.settings.peering or self.kube is None:
+            return True
+        selector = f"metadata.name={self.settings.peering}"  # a list: the role grants list, not get
+        try:
+            if self.settings.clusterwide:
+                found = self.kube.custom.list_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings",
+                                                                    field_selector=selector)
+            else:
+                found = self.kube.custom.list_namespaced_custom_object(
+                    "kopf.dev", "v1", self.settings.namespaces[0], "kopfpeerings", field_selector=selector)
+        except kubernetes.client.ApiException as error:
+            log.warning("cannot read the peering object %s: %s", self.settings.peering, error.reason)
+            return False
+        peering = next(iter(found.get("items") or []), {})
+        mine = self.settings.priority
+        alive = 0
+        for peer in ((peering.get("status") or {}).values()):
+            if not isinstance(peer, dict):
+                continue
+            seen = peer.get("lastseen") or ""
+            lifetime = float(peer.get("lifetime") or 60)
+            try:
+                stamp = datetime.datetime.fromisoformat(seen.replace("Z", "+00:00"))
+                if stamp.tzinfo is None:
+                    stamp = stamp.replace(tzinfo=datetime.UTC)
+                fresh = now - stamp.timestamp() <= lifetime
+            except ValueError:
+                fresh = True
+            if fresh and int(peer.get("priority") or 0) >= mine:
+                alive += 1
+        leading = alive == 1
+        if not leading:
+            self.active_since = None
+            return False
+        if self.active_since is None:
+            self.active_since = now  # the watch streams resume now: let them refill the indices first
+            return False
         return True
 
-    def _write(self, owner: dict[str, Any], status: dict[str, Any], spec: InferenceServiceSpec, decision: Decision,
-               signals: Signals, unavailable: str | None, now: float, scaled: bool, acts: bool,
-               unschedulable: int) -> None:
-        generation = (owner.get("metadata") or {}).get("generation")
-        stamp = _rfc3339(now)
-        patch: dict[str, Any] = {
-            "desiredReplicas": decision.desired if acts else decision.current,
-            "recommendedReplicas": decision.desired,
-            "autoscaler": history_to_status(decision.history).model_dump(by_alias=True, mode="json"),
-            "costPerMillionTokens": cost_per_million_tokens(
-                spec, decision.desired if scaled else decision.current, _finite(signals.tokens_per_second)),
-        }
-        if unavailable is None:
-            patch["signals"] = signals_status(signals, now)
-        if scaled:
-            patch["lastScaleTime"] = stamp
-        decisions = list(status.get("decisions") or [])
-        last = decisions[-1] if decisions else None
-        news = last is None or (last.get("toReplicas"), last.get("limitedBy")) != (decision.desired, decision.limited_by)
-        if news or (scaled and decision.changed):
-            record = DecisionRecord(time=stamp, from_replicas=decision.current, to_replicas=decision.desired,
-                                    recommendations=decision.recommendations, limited_by=decision.limited_by,
-                                    reason=decision.reason)
-            decisions = (decisions + [record.model_dump(by_alias=True, mode="json")])[-DECISIONS_KEPT:]
-            patch["decisions"] = decisions
 
-        found = decision.metrics_available and unavailable is None
-        if unavailable is not None:
-            cause = "NoPrometheus" if self.snapshots.source is None else "PrometheusUnavailable"
-            metrics = (False, cause, unavailable)
-        elif not decision.metrics_available:
-            metrics = (False, "MetricsMissing", decision.reason)
-        else:
-            metrics = (True, "SignalsRead", "signals read from Prometheus")
-        if not acts:
-            active = (False, "DryRun", f"DryRun: recommends {decision.desired} replica(s), never acts")
-        elif not found:
-            active = (False, "MetricsUnavailable", "holding the replica count until metrics return")
-        else:
-            active = (True, "Active", "scaling on throughput (status.decisions explains each step)")
-        if decision.scaling_limited:
-            rule = "unschedulable" if unschedulable else decision.limited_by or "limited"
-            limited = (True, _reason(rule), decision.scaling_limited_reason or decision.reason)
-        else:
-            limited = (False, "WithinLimits", "")
-        for key in ("costPerMillionTokens",):  # null removes a stale value; absent stays absent
-            if patch[key] is None and key not in status:
-                del patch[key]
-        wanted = ((METRICS_AVAILABLE, metrics), (SCALING_ACTIVE, active), (SCALING_LIMITED, limited))
-        if not all(conditions.condition_is(status.get("conditions"), kind, *value) for kind, value in wanted):
-            # conditions is one list shared with the reconcile handler and a merge patch replaces
-            # it whole: write it only when ours change, on the freshest copy.
-            fresh = reconcile.read_service(self.kube, owner["metadata"]["namespace"], owner["metadata"]["name"])
-            if fresh is None:
-                return
-            items = (fresh.get("status") or {}).get("conditions")
-            for kind, (state, reason, message) in wanted:
-                items = conditions.set_condition(items, kind, state, reason, message,
-                                                 observed_generation=generation, at=stamp)
-            patch["conditions"] = items
-            owner = fresh
-        reconcile.write_status(self.kube, owner, patch)
-
-    def _write_manual(self, owner: dict[str, Any], status: dict[str, Any]) -> None:
-        wanted = (False, "AutoscalingDisabled", "autoscaling.enabled is false: spec.replicas is applied "
-                  "(kubectl scale works)")
-        if conditions.condition_is(status.get("conditions"), SCALING_ACTIVE, *wanted):
-            return
-        items = conditions.set_condition(status.get("conditions"), SCALING_ACTIVE, *wanted,
-                                         observed_generation=(owner.get("metadata") or {}).get("generation"))
-        reconcile.write_status(self.kube, owner, {"conditions": items})
+async def run(scaler: Autoscaler, watched: WatchedState, stopped: asyncio.Event) -> None:
+    """Tick on the wall-clock grid until `stopped` is set."""
+    gate = PeeringGate(scaler.kube, scaler.settings)
+    loop = asyncio.get_running_loop()
+    while not stopped.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopped.wait(), seconds_to_next_tick(scaler.clock(), scaler.settings.tick_seconds))
+        if stopped.is_set():
+            break
+        try:
+            if not await loop.run_in_executor(scaler.pool, gate.active, scaler.clock()):
+                continue
+            services, deployments, problems = watched.snapshot()
+            report = await scaler.tick(services, deployments, problems)
+            log.debug("tick: %d service(s), %d decided, %d status write(s), %d scale(s), %.2f s",
+                      report.services, report.decided, report.status_writes, report.scales, report.seconds)
+        except Exception:  # a failed tick must not end the loop: log it, tick again
+            log.exception("autoscaling tick failed")
+    await scaler.drain()

@@ -3,13 +3,15 @@ and records (status, Events). Handlers return None: kopf would otherwise store r
 status.<handler>, which the CRD's structural status schema prunes.
 
 The operator's Settings arrive in kopf's memo (`memo.settings`, set by `tokenscale run`),
-the kubernetes client in `memo.kube` (set at startup).
+the kubernetes client in `memo.kube` (set at startup). Three kopf indices keep the watched state
+the autoscaler's fleet tick reads (slim projections, fed by kopf's watch streams).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import copy
-import time
 from typing import Any
 
 import kopf
@@ -20,6 +22,8 @@ from tokenscale import settings as settings_module
 from tokenscale.api import GROUP, PLURAL, VERSION, SpecError
 from tokenscale.build import conditions
 from tokenscale.build.labels import MANAGED_BY, SERVICE_LABEL
+from tokenscale.build.pods import classify_pod
+from tokenscale.observability import OperatorMetrics
 from tokenscale.settings import Settings
 
 MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
@@ -58,6 +62,42 @@ def login(memo: Any, **_: Any) -> kopf.ConnectionInfo:
 @kopf.on.startup()
 def startup(memo: Any, **_: Any) -> None:
     memo.kube = reconcile.Kube.connect(_settings(memo))
+    memo.watched = autoscaler.WatchedState()  # on the operator's memo: every handler's copy shares it
+
+
+# --- watched state: an informer-style cache fed by kopf's watch streams ---------------------------
+# (kopf's own @kopf.index would do, but kopf 1.45 makes every object of the initial listing wait for
+# all others with a toggle each: quadratic at start-up, minutes at 10,000 objects.)
+
+
+def _watched(memo: Any) -> autoscaler.WatchedState:
+    if getattr(memo, "watched", None) is None:
+        memo.watched = autoscaler.WatchedState()
+    return memo.watched
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def watch_services(event: dict[str, Any], body: kopf.Body, memo: Any, **_: Any) -> None:
+    """Every InferenceService, as the slim view the tick needs."""
+    _watched(memo).service_event(event.get("type"), body)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=MANAGED, id="watch_deployments")
+async def watch_deployments(event: dict[str, Any], body: kopf.Body, memo: Any, **_: Any) -> None:
+    """Every serving Deployment: replicas, readiness, rollout, owner."""
+    _watched(memo).deployment_event(event.get("type"), body)
+
+
+@kopf.on.event("v1", "services", labels=MANAGED, id="watch_network_services")
+async def watch_network_services(event: dict[str, Any], body: kopf.Body, memo: Any, **_: Any) -> None:
+    """Which serving Services exist."""
+    _watched(memo).network_service_event(event.get("type"), body)
+
+
+@kopf.on.event("v1", "pods", labels={SERVICE_LABEL: kopf.PRESENT})
+async def watch_pods(event: dict[str, Any], body: kopf.Body, memo: Any, **_: Any) -> None:
+    """Only the serving pods that cannot start or cannot be scheduled are kept."""
+    _watched(memo).pod_event(event.get("type"), body, classify_pod(body))
 
 
 # --- InferenceServices ------------------------------------------------------------------------
@@ -76,15 +116,30 @@ def serve(body: kopf.Body, reason: str, memo: Any, **_: Any) -> None:
         _degrade(kube, body, owner, "InvalidSpec", str(error))
         raise kopf.PermanentError(f"invalid spec: {error}") from None  # no retry until the spec changes
     try:
-        outcome = reconcile.realise(kube, settings, owner, spec)
+        # A new object's children are created at once, read only on a 409 (one request each). kopf
+        # fills its indices before any handler runs: no Deployment there means none exists yet.
+        meta = owner["metadata"]
+        key = (meta["namespace"], meta["name"])
+        watched_state = _watched(memo)
+        # On a resume of a spec handled before whose Deployment and Service are watched, the
+        # watch's events check those two for drift without a request.
+        handled = (owner.get("status") or {}).get("observedGeneration") == meta.get("generation")
+        deployment = watched_state.deployments.get(key)
+        watched = deployment if reason == "resume" and handled and deployment is not None \
+            and key in watched_state.network_services and key not in watched_state.unchecked else None
+        outcome = reconcile.realise(kube, settings, owner, spec, new=reason == "create", watched=watched)
+        watched_state.unchecked.discard(key)
     except reconcile.ForeignObjectError as error:
         _degrade(kube, body, owner, "NameConflict", str(error))
         raise kopf.TemporaryError(str(error), delay=CONFLICT_RETRY_DELAY) from None
     except kubernetes.client.ApiException as error:
-        message = f"applying the serving workload failed: {error.status} {error.reason}"
+        # The API server's own words: its message and the field of each cause.
+        message = f"applying the serving workload failed: {reconcile.api_error_message(error)}"
         _degrade(kube, body, owner, "ApplyFailed", message)
         raise kopf.TemporaryError(message, delay=RETRY_DELAY) from None
-    reconcile.write_status(kube, owner, reconcile.observed_status(settings, owner, spec, outcome.deployment))
+    health = watched_state.pod_health(key)
+    reconcile.write_status(kube, owner, reconcile.observed_status(settings, owner, spec, outcome.deployment, health),
+                           trust_owner=True)
     _announce(body, outcome, verb={"create": "Created", "update": "Updated"}.get(reason, "Reconciled"))
 
 
@@ -94,15 +149,16 @@ def _degrade(kube: reconcile.Kube, body: kopf.Body, owner: dict[str, Any], reaso
     news = not conditions.condition_is(current, conditions.DEGRADED, True, reason, message)
     status = conditions.degraded_status(current, reason=reason, message=message,
                                         generation=owner["metadata"].get("generation"))
-    reconcile.write_status(kube, owner, status)
+    reconcile.write_status(kube, owner, status, trust_owner=True)
     if news:
         kopf.warn(body, reason=reason, message=message)
 
 
 def _announce(body: Any, outcome: reconcile.Outcome, verb: str) -> None:
-    for kind, action in outcome.actions.items():
-        if action != "unchanged":
-            kopf.info(body, reason=f"{verb}", message=f"{kind} {action}")
+    """One Event for all the children that changed (an Event is a request: one, not four)."""
+    changed = [f"{kind} {action}" for kind, action in outcome.actions.items() if action != "unchanged"]
+    if changed:
+        kopf.info(body, reason=verb, message=", ".join(changed))
     for warning in outcome.warnings:
         kopf.warn(body, reason="MonitoringUnavailable", message=warning)
 
@@ -122,11 +178,21 @@ def service_changed(event: dict[str, Any], body: kopf.Body, memo: Any, **_: Any)
 
 
 def _child_changed(event: dict[str, Any], body: kopf.Body, memo: Any) -> None:
+    """Compare the watched child with what its owner wants (no request); repair only on drift."""
     name, namespace = body.metadata.labels.get(SERVICE_LABEL), body.metadata.namespace
     if not name or not namespace:
         return
     settings, kube = _settings(memo), _kube(memo)
-    owner = reconcile.read_service(kube, namespace, name)
+    watched_state = _watched(memo)
+    view = watched_state.services.get((namespace, name))
+    owner = view.owner() if view is not None else None
+    if owner is None:
+        if event.get("type") != "DELETED":
+            # Start-up: the owner is not in the cache yet. Its resume handler reads and repairs
+            # the children itself (no watched shortcut for it), so no read here.
+            watched_state.unchecked.add((namespace, name))
+            return
+        owner = reconcile.read_service(kube, namespace, name)
     if owner is None or owner["metadata"].get("deletionTimestamp"):
         return  # the service is going away; garbage collection takes the children
     owners = body.metadata.get("ownerReferences") or []
@@ -134,53 +200,65 @@ def _child_changed(event: dict[str, Any], body: kopf.Body, memo: Any) -> None:
         return  # a namesake left by an older object: not ours to touch
     try:
         spec = reconcile.parse(owner)
-        outcome = reconcile.realise(kube, settings, owner, spec)
-    except (SpecError, reconcile.ForeignObjectError):
+    except SpecError:
         return  # reported as Degraded by `serve`, which retries
-    reconcile.write_status(kube, owner, reconcile.observed_status(settings, owner, spec, outcome.deployment))
     deleted = event.get("type") == "DELETED"
-    if not deleted and (owner.get("status") or {}).get("observedGeneration") != owner["metadata"].get("generation"):
-        # This event came first with a spec change `serve` had not handled yet: it was applied here.
-        _announce(owner, outcome, verb="Updated")
-    elif any(action in ("created", "updated") for action in outcome.actions.values()):
-        change = "deleted" if deleted else "changed"
-        kopf.info(owner, reason="Repaired",
-                  message=f"{body.get('kind', 'child')} {body.metadata.name} was {change} outside tokenscale; restored")
+    kind = body.get("kind", "")
+    live = dict(body)  # read only
+    replicas = (live.get("spec") or {}).get("replicas") if kind == "Deployment" else None
+    wanted = reconcile.desired_children(settings, owner, spec, replicas)
+    desired = wanted.deployment if kind == "Deployment" else wanted.service
+    deployment: dict[str, Any] | None = live if kind == "Deployment" and not deleted else None
+    if deleted or reconcile.drifted(owner, desired, live):
+        try:
+            outcome = reconcile.realise(kube, settings, owner, spec)
+        except reconcile.ForeignObjectError:
+            return  # reported as Degraded by `serve`, which retries
+        deployment = outcome.deployment
+        if (owner.get("status") or {}).get("observedGeneration") != owner["metadata"].get("generation") \
+                and not deleted:
+            # This event came first with a spec change `serve` had not handled yet: it was applied here.
+            _announce(owner, outcome, verb="Updated")
+        elif any(action in ("created", "updated") for action in outcome.actions.values()):
+            change = "deleted" if deleted else "changed"
+            kopf.info(owner, reason="Repaired",
+                      message=f"{kind or 'child'} {body.metadata.name} was {change} outside tokenscale; restored")
+    elif kind != "Deployment" or event.get("type") == "ADDED":
+        return  # nothing to repair; a new Deployment's status is the tick's (or `serve`'s) to write
+    if deployment is not None:
+        health = watched_state.pod_health((namespace, name))
+        reconcile.write_status(kube, owner, reconcile.observed_status(settings, owner, spec, deployment, health),
+                               trust_owner=True)
 
 
-# --- autoscaling ------------------------------------------------------------------------------------
+# --- autoscaling: one loop for the fleet ----------------------------------------------------------
 
 
 @kopf.on.startup()
-def start_autoscaler(memo: Any, **_: Any) -> None:
-    """One Autoscaler (one shared signal snapshot) for all objects: kopf gives each object a
-    shallow copy of this memo, so what is set here is shared and what a handler sets is not."""
-    memo.autoscaler = autoscaler.Autoscaler(_kube(memo), _settings(memo))
+async def start_autoscaler(memo: Any, **_: Any) -> None:
+    """One Autoscaler and one tick loop for all objects, reading the watched state. (kopf gives each
+    handler a shallow copy of this memo: what is set here is shared, what a handler sets is not.)"""
+    settings = _settings(memo)
+    metrics = OperatorMetrics()
+    metrics.tick_seconds_setting.set(settings.tick_seconds)
+    if settings.metrics_address:
+        bound = metrics.serve_or_retry(settings.metrics_address)
+        if bound:
+            autoscaler.log.info("serving the operator's metrics on http://%s:%d/metrics", *bound)
+    scaler = autoscaler.Autoscaler(_kube(memo), settings, metrics=metrics)
+    stopped = asyncio.Event()
+    memo.autoscaler, memo.autoscaler_stopped = scaler, stopped
+    memo.autoscaler_task = asyncio.create_task(autoscaler.run(scaler, _watched(memo), stopped),
+                                               name="tokenscale autoscaler")
 
 
 @kopf.on.cleanup()
-def stop_autoscaler(memo: Any, **_: Any) -> None:
-    if getattr(memo, "autoscaler", None) is not None:
-        memo.autoscaler.close()
-
-
-def _autoscaler(memo: Any) -> autoscaler.Autoscaler:
-    if getattr(memo, "autoscaler", None) is None:  # only when started without the startup handler
-        memo.autoscaler = autoscaler.Autoscaler(_kube(memo), _settings(memo))
-    return memo.autoscaler
-
-
-@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=5.0)
-async def autoscale(body: kopf.Body, stopped: kopf.DaemonStopped, memo: Any, logger: Any, **_: Any) -> None:
-    """The autoscaling timer: on every multiple of tick_seconds (read each round, so a reconfigured
-    operator or a test harness needs no re-import), decide from the shared signal snapshot and act."""
-    scaler = _autoscaler(memo)
-    while not stopped:
-        try:
-            await scaler.tick_async(copy.deepcopy(dict(body)),
-                                    lambda kind, reason, message: kopf.event(body, type=kind, reason=reason,
-                                                                             message=message))
-        except Exception as error:  # a failed tick must not end the timer: log it, try next tick
-            logger.warning(f"autoscaling tick failed: {type(error).__name__}: {error}")
-        await stopped.wait(autoscaler.seconds_to_next_tick(time.time(), _settings(memo).tick_seconds))
-    scaler.forget(body.metadata.namespace, body.metadata.name)  # deleted, or this replica paused
+async def stop_autoscaler(memo: Any, **_: Any) -> None:
+    scaler = getattr(memo, "autoscaler", None)
+    if scaler is None:
+        return
+    memo.autoscaler_stopped.set()
+    with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+        await asyncio.wait_for(memo.autoscaler_task, timeout=5.0)
+    scaler.close()
+    scaler.metrics.close()

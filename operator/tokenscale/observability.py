@@ -9,6 +9,7 @@ stale alert.
 
 from __future__ import annotations
 
+import logging
 import math
 import socket
 import threading
@@ -17,6 +18,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+log = logging.getLogger("tokenscale.observability")
 SERVICE_LABELS = ("namespace", "name")
 # The classic text format, which every Prometheus reads (generate_latest writes it).
 TEXT_FORMAT = "text/plain; version=0.0.4; charset=utf-8"
@@ -51,8 +53,27 @@ class OperatorMetrics:
         self.decisions = Counter("tokenscale_decisions", "Decisions taken, by the rule that limited them.",
                                  (*SERVICE_LABELS, "limited_by"), registry=registry)
         self.tick_duration = Histogram(
-            "tokenscale_tick_duration_seconds", "Seconds one service's tick takes: read, decide, act, write.",
-            registry=registry, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+            "tokenscale_tick_duration_seconds", "Seconds one tick of the whole fleet takes: read, decide, plan, act.",
+            registry=registry, buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60))
+        self.tick_api_requests = Gauge("tokenscale_tick_api_requests", "Kubernetes API requests the last tick made, "
+                                       "by verb.", ("verb",), registry=registry)
+        self.api_requests = Counter("tokenscale_autoscaler_api_requests",
+                                    "Kubernetes API requests made by ticks, by verb.", ("verb",), registry=registry)
+        self.tick_status_writes = Gauge("tokenscale_tick_status_writes", "Status writes of the last tick.",
+                                        registry=registry)
+        self.status_writes = Counter("tokenscale_status_writes", "Status writes made by ticks.", registry=registry)
+        self.oldest_decision_age = Gauge(
+            "tokenscale_oldest_decision_age_seconds", "Age of the oldest service's last decision, at the last tick.",
+            registry=registry)
+        self.behind_schedule = Gauge(
+            "tokenscale_services_behind_schedule", "Services whose last decision is more than two ticks old "
+            "(or whose writes are still in flight).", registry=registry)
+        self.tick_errors = Counter("tokenscale_tick_errors", "Services whose tick failed (reported on each).",
+                                   registry=registry)
+        self.tick_seconds_setting = Gauge("tokenscale_tick_interval_seconds", "The configured tick.",
+                                          registry=registry)
+        self.metrics_server_errors = Counter("tokenscale_metrics_server_errors",
+                                             "Attempts to bind --metrics-address that failed.", registry=registry)
         self.prometheus_queries = Counter("tokenscale_prometheus_queries", "PromQL queries sent.",
                                           registry=registry)
         self.prometheus_errors = Counter("tokenscale_prometheus_errors", "Signal reads that failed.",
@@ -103,6 +124,28 @@ class OperatorMetrics:
                 _remove(self.decisions if kind == "decisions" else self.scale_events, (*labels, value))
             self.services.set(len(self._known))
 
+    def scaled(self, namespace: str, name: str, direction: str) -> None:
+        with self._lock:
+            self.scale_events.labels(namespace, name, direction).inc()
+            self._known.setdefault((namespace, name), set()).add(("scale_events", direction))
+
+    def tick_error(self) -> None:
+        self.tick_errors.inc()
+
+    def tick_done(self, *, seconds: float, requests: dict[str, int], writes: int, oldest_decision_age: float,
+                  behind: int, services: int) -> None:
+        self.tick_duration.observe(seconds)
+        for verb in ("get", "list", "patch", "create", "update", "delete"):
+            self.tick_api_requests.labels(verb).set(requests.get(verb, 0))
+            if requests.get(verb):
+                self.api_requests.labels(verb).inc(requests[verb])
+        self.tick_status_writes.set(writes)
+        if writes:
+            self.status_writes.inc(writes)
+        self.oldest_decision_age.set(oldest_decision_age)
+        self.behind_schedule.set(behind)
+        self.services.set(services)
+
     def read_failed(self) -> None:
         self.prometheus_errors.inc()
 
@@ -124,7 +167,33 @@ class OperatorMetrics:
         host, port = self._server.server_address[:2]
         return str(host), int(port)
 
+    def serve_or_retry(self, address: str, retry_seconds: float = 60.0) -> tuple[str, int] | None:
+        """`serve`, but an address that cannot be bound (e.g. taken) stops nothing: one error is
+        logged, the failure is counted, and binding is retried in the background."""
+        try:
+            return self.serve(address)
+        except OSError as error:
+            self.metrics_server_errors.inc()
+            log.error("cannot serve the operator's metrics on %s: %s; autoscaling goes on without them, and the "
+                      "address is tried again every %g s", address, error, retry_seconds)
+        self._retrying = threading.Event()
+
+        def retry() -> None:
+            while not self._retrying.wait(retry_seconds):
+                try:
+                    host, port = self.serve(address)
+                except OSError:
+                    self.metrics_server_errors.inc()
+                    continue
+                log.info("serving the operator's metrics on http://%s:%d/metrics", host, port)
+                return
+
+        threading.Thread(target=retry, name="metrics-retry", daemon=True).start()
+        return None
+
     def close(self) -> None:
+        if getattr(self, "_retrying", None) is not None:
+            self._retrying.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

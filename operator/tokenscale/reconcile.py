@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +27,7 @@ from tokenscale.api import (
     parse_spec,
 )
 from tokenscale.build import conditions
+from tokenscale.build.pods import PodHealth
 from tokenscale.engines import adapter_for
 from tokenscale.settings import Settings
 
@@ -44,6 +44,10 @@ def load_configuration(settings: Settings) -> kubernetes.client.Configuration:
     else:
         kubernetes.config.load_kube_config(config_file=settings.kubeconfig, context=settings.context,
                                            client_configuration=configuration)
+    # One connection per thread that may call at once (kopf's handler threads, the tick's writers):
+    # a smaller pool discards and reopens connections under load.
+    configuration.connection_pool_maxsize = max(configuration.connection_pool_maxsize or 0,
+                                                2 * settings.write_concurrency + 8)
     return configuration
 
 
@@ -56,6 +60,25 @@ class Kube:
     @classmethod
     def connect(cls, settings: Settings) -> Kube:
         return cls(kubernetes.client.ApiClient(load_configuration(settings)))
+
+    def request(self, method: str, path: str, body: Any = None, *, content_type: str = "application/json",
+                timeout: float | None = None) -> dict[str, Any]:
+        """One request on this client's connection pool and credentials, the JSON answer as a dict.
+
+        The generated API methods validate every argument with pydantic and build models: a few
+        milliseconds of CPU per call, which 1,000 services' writes per tick cannot afford. The
+        same ApiClient's auth (token refresh hooks included), TLS and pool serve this path.
+        """
+        client = self.client
+        headers = {"Accept": "application/json", "Content-Type": content_type,
+                   "User-Agent": client.user_agent}
+        client.update_params_for_auth(headers, [], ["BearerToken"], path, method, body)
+        response = client.rest_client.request(method, client.configuration.host + path, headers=headers, body=body,
+                                              _request_timeout=timeout)
+        data = response.read()
+        if not 200 <= response.status <= 299:
+            raise kubernetes.client.ApiException(http_resp=response)
+        return json.loads(data) if data else {}
 
     @property
     def apps(self) -> kubernetes.client.AppsV1Api:
@@ -74,60 +97,43 @@ class Kube:
         return kubernetes.client.CustomObjectsApi(self.client)
 
 
-def _json(call: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
-    return json.loads(call(*args, _preload_content=False, **kwargs).data)
-
-
 def _missing(error: Exception) -> bool:
     return isinstance(error, kubernetes.client.ApiException) and error.status == 404
 
 
+_CHILD_PATHS = {
+    "Deployment": "/apis/apps/v1/namespaces/{namespace}/deployments",
+    "Service": "/api/v1/namespaces/{namespace}/services",
+    "PodDisruptionBudget": "/apis/policy/v1/namespaces/{namespace}/poddisruptionbudgets",
+    "PodMonitor": "/apis/monitoring.coreos.com/v1/namespaces/{namespace}/podmonitors",
+}
+
+
 class Children:
-    """Read / create / replace / delete one kind of child by name, as dicts."""
+    """Read / create / replace / delete one kind of child by name, as dicts (on `Kube.request`)."""
 
     def __init__(self, kube: Kube, kind: str):
-        self.kind = kind
-        if kind == "Deployment":
-            api = kube.apps
-            self._read, self._create = api.read_namespaced_deployment, api.create_namespaced_deployment
-            self._replace, self._delete = api.replace_namespaced_deployment, api.delete_namespaced_deployment
-        elif kind == "Service":
-            api = kube.core
-            self._read, self._create = api.read_namespaced_service, api.create_namespaced_service
-            self._replace, self._delete = api.replace_namespaced_service, api.delete_namespaced_service
-        elif kind == "PodDisruptionBudget":
-            api = kube.policy
-            self._read = api.read_namespaced_pod_disruption_budget
-            self._create = api.create_namespaced_pod_disruption_budget
-            self._replace = api.replace_namespaced_pod_disruption_budget
-            self._delete = api.delete_namespaced_pod_disruption_budget
-        elif kind == "PodMonitor":
-            custom, group = kube.custom, ("monitoring.coreos.com", "v1")
-            self._read = lambda name, ns, **kw: custom.get_namespaced_custom_object(*group, ns, "podmonitors", name, **kw)
-            self._create = lambda ns, body, **kw: custom.create_namespaced_custom_object(*group, ns, "podmonitors", body, **kw)
-            self._replace = lambda name, ns, body, **kw: custom.replace_namespaced_custom_object(
-                *group, ns, "podmonitors", name, body, **kw)
-            self._delete = lambda name, ns, **kw: custom.delete_namespaced_custom_object(*group, ns, "podmonitors", name, **kw)
-        else:
+        if kind not in _CHILD_PATHS:
             raise ValueError(f"unknown child kind {kind}")
+        self.kind, self.kube, self.path = kind, kube, _CHILD_PATHS[kind]
 
     def read(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return _json(self._read, name, namespace)
+            return self.kube.request("GET", f"{self.path.format(namespace=namespace)}/{name}")
         except kubernetes.client.ApiException as error:
             if _missing(error):
                 return None
             raise
 
     def create(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
-        return _json(self._create, namespace, body)
+        return self.kube.request("POST", self.path.format(namespace=namespace), body)
 
     def replace(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
-        return _json(self._replace, name, namespace, body)
+        return self.kube.request("PUT", f"{self.path.format(namespace=namespace)}/{name}", body)
 
     def delete(self, namespace: str, name: str) -> bool:
         try:
-            self._delete(name, namespace)
+            self.kube.request("DELETE", f"{self.path.format(namespace=namespace)}/{name}")
             return True
         except kubernetes.client.ApiException as error:
             if _missing(error):
@@ -167,27 +173,60 @@ def _foreign(live: dict[str, Any], owner: dict[str, Any]) -> bool:
     return (meta.get("labels") or {}).get("app.kubernetes.io/managed-by") != build.MANAGED_BY
 
 
-def apply_child(kube: Kube, owner: dict[str, Any], desired: dict[str, Any]) -> str:
-    """Create or repair one child. Returns what happened: created, updated or unchanged."""
+def api_error_message(error: Exception) -> str:
+    """The API server's own words for a refused request: its message and each cause's field and
+    reason (a 422's details.causes), not just "422 Unprocessable Entity"."""
+    if not isinstance(error, kubernetes.client.ApiException):
+        return f"{type(error).__name__}: {error}"
+    try:
+        body = json.loads(error.body or "")
+    except (TypeError, ValueError):
+        body = None
+    if not isinstance(body, dict) or not body.get("message"):
+        return f"{error.status} {error.reason}"
+    message = str(body["message"])
+    causes = ((body.get("details") or {}).get("causes")) or []
+    # A 422's message already lists "field: message" for each cause; add the causes it leaves out.
+    extra = [f"{c.get('field', '')}: {c.get('reason', '')}: {c.get('message', '')}".strip(": ")
+             for c in causes if isinstance(c, dict)
+             and not (c.get("field") and f"{c['field']}: " in message) and c.get("message", "") not in message]
+    if extra:
+        message = f"{message} ({'; '.join(extra)})"
+    return f"{error.status} {body.get('reason') or error.reason}: {message}"
+
+
+def _drift(desired: dict[str, Any], live: dict[str, Any]) -> tuple[list[str], dict[str, Any], tuple[str, ...]]:
+    meta = desired["metadata"]
+    wanted = {"metadata": {"labels": meta["labels"], "ownerReferences": meta["ownerReferences"]},
+              "spec": desired["spec"]}
+    memory = (desired["kind"], meta["namespace"], meta["name"], json.dumps(wanted, sort_keys=True))
+    drift = [path for path in build.differences(wanted, live) if path not in _UNKEPT.get(memory, ())]
+    return drift, wanted, memory
+
+
+def drifted(owner: dict[str, Any], desired: dict[str, Any], live: dict[str, Any]) -> list[str]:
+    """Where a child as watched differs from what the owner wants (no request: the watch's copy)."""
+    return _drift(_adopt(desired, owner), live)[0]
+
+
+def apply_child(kube: Kube, owner: dict[str, Any], desired: dict[str, Any], *, create_first: bool = False,
+                ) -> tuple[str, dict[str, Any] | None]:
+    """Create or repair one child. Returns what happened (created, updated or unchanged) and the
+    child as stored. `create_first` (a new InferenceService): create, and read only on a 409."""
     children = Children(kube, desired["kind"])
     namespace, name = desired["metadata"]["namespace"], desired["metadata"]["name"]
     desired = _adopt(desired, owner)
-    for _attempt in range(3):  # another writer (a concurrent handler) may win a race: read again
-        live = children.read(namespace, name)
+    for attempt in range(3):  # another writer (a concurrent handler) may win a race: read again
+        live = None if create_first and attempt == 0 else children.read(namespace, name)
         try:
             if live is None:
-                children.create(namespace, desired)
-                return "created"
+                return "created", children.create(namespace, desired)
             if _foreign(live, owner):
                 raise ForeignObjectError(f"{desired['kind']} {namespace}/{name} exists and is not managed by "
                                          "this InferenceService; rename one of them or delete it")
-            wanted = {"metadata": {"labels": desired["metadata"]["labels"],
-                                   "ownerReferences": desired["metadata"]["ownerReferences"]},
-                      "spec": desired["spec"]}
-            memory = (desired["kind"], namespace, name, json.dumps(wanted, sort_keys=True))
-            drift = [path for path in build.differences(wanted, live) if path not in _UNKEPT.get(memory, ())]
+            drift, wanted, memory = _drift(desired, live)
             if not drift:
-                return "unchanged"
+                return "unchanged", live
             # Replace the whole spec: a merge patch could not remove a container or env var
             # someone added by hand. Labels and annotations others set are kept.
             body = dict(live)
@@ -203,10 +242,10 @@ def apply_child(kube: Kube, owner: dict[str, Any], desired: dict[str, Any]) -> s
                 log.warning("the API server does not keep %s of %s %s/%s; ignoring it from now on",
                             ", ".join(unkept[:5]), desired["kind"], namespace, name)
                 _UNKEPT[memory] = set(unkept)
-            return "updated"
+            return "updated", stored
         except kubernetes.client.ApiException as error:
-            # 409: someone wrote first; 404 on a replace: deleted meanwhile. Read again. A 404 on
-            # create means the API itself is missing (e.g. no PodMonitor CRD): the caller decides.
+            # 409: someone wrote first (or it exists already); 404 on a replace: deleted meanwhile.
+            # Read again. A 404 on create means the API itself is missing (e.g. no PodMonitor CRD).
             if error.status not in (409, 404) or (error.status == 404 and live is None):
                 raise
     raise RuntimeError(f"{desired['kind']} {namespace}/{name} kept changing under the operator")
@@ -228,56 +267,101 @@ class Outcome:
     warnings: tuple[str, ...] = ()
 
 
-def realise(kube: Kube, settings: Settings, owner: dict[str, Any], spec: InferenceServiceSpec) -> Outcome:
-    """Make the children of one InferenceService match its spec."""
+_DESIRED: dict[tuple[Any, ...], build.Children] = {}  # (uid, generation, replicas) -> the children built
+
+
+def desired_children(settings: Settings, owner: dict[str, Any], spec: InferenceServiceSpec,
+                     current_replicas: int | None) -> build.Children:
+    """The children one generation of a spec asks for (remembered: every watch event of a child
+    compares against them, and building them is the costly part of that comparison)."""
+    meta = owner["metadata"]
+    key = (meta.get("uid"), meta.get("generation"), current_replicas, settings.default_server_image)
+    if meta.get("uid") and key in _DESIRED:
+        return _DESIRED[key]
+    if len(_DESIRED) > 2_000:  # bounded: a fleet's worth would cost tens of MB per thousand services
+        _DESIRED.clear()
+    _DESIRED[key] = wanted = build.operator_children(meta["name"], meta["namespace"], spec, settings,
+                                                     current_replicas=current_replicas)
+    return wanted
+
+
+def realise(kube: Kube, settings: Settings, owner: dict[str, Any], spec: InferenceServiceSpec, *,
+            new: bool = False, watched: dict[str, Any] | None = None) -> Outcome:
+    """Make the children of one InferenceService match its spec.
+
+    `new`: the InferenceService was just created, so its children most likely do not exist:
+    each is created at once (one request) and read only if that meets a 409. Otherwise each is
+    read and repaired where it drifted. `watched` (the Deployment as watched, on a resume where
+    the Deployment and the Service exist and the spec was handled before): those two are left to
+    the watch-driven drift checks, which compare the watched copies without a request.
+    """
     namespace, name, uid = owner["metadata"]["namespace"], owner["metadata"]["name"], owner["metadata"]["uid"]
     deployments = Children(kube, "Deployment")
-    live = deployments.read(namespace, name)
-    current = (live.get("spec") or {}).get("replicas") if live else None
-    wanted = build.operator_children(name, namespace, spec, settings, current_replicas=current)
-    actions = {"Deployment": apply_child(kube, owner, wanted.deployment),
-               "Service": apply_child(kube, owner, wanted.service)}
+    if watched is not None:
+        live, current = watched, (watched.get("spec") or {}).get("replicas")
+    else:
+        live = None if new else deployments.read(namespace, name)
+        current = (live.get("spec") or {}).get("replicas") if live else None
+    wanted = desired_children(settings, owner, spec, current)
+    if watched is not None:
+        deployment, actions = watched, {"Deployment": "unchanged", "Service": "unchanged"}
+    else:
+        action, deployment = apply_child(kube, owner, wanted.deployment, create_first=new)
+        actions = {"Deployment": action, "Service": apply_child(kube, owner, wanted.service, create_first=new)[0]}
+    warnings: list[str] = []
+    if watched is not None:
+        # A resume with nothing changed since: the PDB and PodMonitor were applied with this spec
+        # and are repaired on its next change (they are not watched: checking each would cost a
+        # read per service at every start).
+        return Outcome(actions=actions, deployment=deployment, warnings=())
     for kind, desired in (("PodDisruptionBudget", wanted.pod_disruption_budget),):
         if desired is not None:
-            actions[kind] = apply_child(kube, owner, desired)
-        elif remove_child(kube, kind, namespace, name, uid):
+            actions[kind] = apply_child(kube, owner, desired, create_first=new)[0]
+        elif not new and remove_child(kube, kind, namespace, name, uid):
             actions[kind] = "deleted"
-    warnings: list[str] = []
     try:
         if wanted.pod_monitor is not None:
-            actions["PodMonitor"] = apply_child(kube, owner, wanted.pod_monitor)
-        elif remove_child(kube, "PodMonitor", namespace, name, uid):
+            actions["PodMonitor"] = apply_child(kube, owner, wanted.pod_monitor, create_first=new)[0]
+        elif not new and remove_child(kube, "PodMonitor", namespace, name, uid):
             actions["PodMonitor"] = "deleted"
     except kubernetes.client.ApiException as error:
         if error.status != 404:
             raise
         # The Prometheus Operator's CRDs are not installed: serve anyway, and say so.
         warnings.append("PodMonitor not created: the monitoring.coreos.com/v1 API is not installed")
-    return Outcome(actions=actions, deployment=deployments.read(namespace, name), warnings=tuple(warnings))
+    return Outcome(actions=actions, deployment=deployment, warnings=tuple(warnings))
 
 
 # --- the InferenceService itself ------------------------------------------------------------
 
 
+def service_path(namespace: str, name: str, subresource: str = "") -> str:
+    path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}"
+    return f"{path}/{subresource}" if subresource else path
+
+
 def read_service(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None:
     try:
-        return kube.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        return kube.request("GET", service_path(namespace, name))
     except kubernetes.client.ApiException as error:
         if _missing(error):
             return None
         raise
 
 
-def write_status(kube: Kube, owner: dict[str, Any], status: dict[str, Any]) -> bool:
+def write_status(kube: Kube, owner: dict[str, Any], status: dict[str, Any], *, trust_owner: bool = False) -> bool:
     """Merge `status` into the object's status when it changes anything (never touches spec).
 
     Optimistic concurrency: the patch carries the resourceVersion it was computed against and
     is redone on a conflict; conditions are merged by type with the live ones, so the
-    reconciler and the autoscaler never drop each other's conditions.
+    reconciler and the autoscaler never drop each other's conditions. `trust_owner`: `owner`
+    is recent (the body kopf passed, or the watched copy): compare with it and patch at its
+    resourceVersion without a GET first; a 409 says it was not, and the next attempt reads.
     """
     namespace, name, uid = owner["metadata"]["namespace"], owner["metadata"]["name"], owner["metadata"].get("uid")
-    for _attempt in range(5):
-        fresh = read_service(kube, namespace, name)
+    for attempt in range(5):
+        usable = trust_owner and attempt == 0 and owner["metadata"].get("resourceVersion")
+        fresh = owner if usable else read_service(kube, namespace, name)
         if fresh is None or (uid and fresh["metadata"].get("uid") != uid):
             return False  # deleted (or replaced by a namesake) meanwhile
         current = fresh.get("status") or {}
@@ -288,8 +372,7 @@ def write_status(kube: Kube, owner: dict[str, Any], status: dict[str, Any]) -> b
             return False
         body = {"metadata": {"resourceVersion": fresh["metadata"]["resourceVersion"]}, "status": patch}
         try:
-            kube.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, body,
-                                                              _content_type=MERGE_PATCH)
+            kube.request("PATCH", service_path(namespace, name, "status"), body, content_type=MERGE_PATCH)
             return True
         except kubernetes.client.ApiException as error:
             if _missing(error):
@@ -299,21 +382,38 @@ def write_status(kube: Kube, owner: dict[str, Any], status: dict[str, Any]) -> b
     raise RuntimeError(f"the status of {namespace}/{name} kept changing under the operator")
 
 
+def endpoint(settings: Settings, owner: dict[str, Any], spec: InferenceServiceSpec) -> str:
+    meta = owner["metadata"]
+    port = adapter_for(spec.engine.type).port
+    return conditions.endpoint_url(meta["name"], meta["namespace"], port, settings.cluster_domain)
+
+
 def observed_status(settings: Settings, owner: dict[str, Any], spec: InferenceServiceSpec,
-                    deployment: dict[str, Any] | None) -> dict[str, Any]:
+                    deployment: dict[str, Any] | None, pods: PodHealth | None = None) -> dict[str, Any]:
     meta = owner["metadata"]
     status = owner.get("status") or {}
-    port = adapter_for(spec.engine.type).port
     return conditions.workload_status(
         deployment, generation=meta.get("generation"), conditions=status.get("conditions"),
-        endpoint=conditions.endpoint_url(meta["name"], meta["namespace"], port, settings.cluster_domain),
-        selector=build.selector_string(meta["name"]))
+        endpoint=endpoint(settings, owner, spec), selector=build.selector_string(meta["name"]), pod_health=pods)
+
+
+_PARSED: dict[tuple[str, int], InferenceServiceSpec] = {}
 
 
 def parse(owner: dict[str, Any]) -> InferenceServiceSpec:
-    """The spec, or SpecError with a condition-ready message."""
-    return parse_spec(owner.get("spec"), name=(owner.get("metadata") or {}).get("name"))
+    """The spec, or SpecError with a condition-ready message (a valid one is remembered per
+    generation: the spec of a generation never changes)."""
+    meta = owner.get("metadata") or {}
+    key = (meta.get("uid"), meta.get("generation"))
+    if key[0] and key[1] is not None and key in _PARSED:
+        return _PARSED[key]
+    spec = parse_spec(owner.get("spec"), name=meta.get("name"))
+    if key[0] and key[1] is not None:
+        if len(_PARSED) > 2_000:
+            _PARSED.clear()
+        _PARSED[key] = spec
+    return spec
 
 
-__all__ = ["Kube", "Outcome", "SpecError", "load_configuration", "observed_status", "parse", "read_service",
-           "realise", "write_status"]
+__all__ = ["Kube", "Outcome", "SpecError", "api_error_message", "desired_children", "drifted", "endpoint", "load_configuration",
+           "observed_status", "parse", "read_service", "realise", "write_status"]

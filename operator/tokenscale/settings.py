@@ -7,6 +7,7 @@ calls `configure()` once before the operator starts. Pure: no kopf, no kubernete
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 
 from tokenscale import __version__
@@ -42,6 +43,10 @@ class Settings:
     # --- Autoscaling: Prometheus ------------------------------------------------------------
     prometheus_url: str | None = None  # None: autoscaling reports MetricsAvailable=False
     tick_seconds: float = 15.0
+    # Status is written on a material change, and at least every heartbeat_ticks ticks.
+    heartbeat_ticks: int = 4
+    signal_band: float = 0.1  # relative movement of a signal that is a material change
+    write_concurrency: int = 16  # API writes in flight at once during a tick (and kopf's handler threads)
     prometheus_bearer_token_file: str | None = None
     prometheus_username: str | None = None
     prometheus_password_file: str | None = None
@@ -53,6 +58,11 @@ class Settings:
     namespace_label: str = "namespace"  # the Prometheus label carrying the namespace
     rate_window: str = "1m"  # rate() window of the short signals; must hold >= 2 scrapes
     long_rate_window: str = "5m"  # rate() window of the long signals
+
+    @property
+    def instance(self) -> str:
+        """This replica's name in the Events it posts (the pod's name in a cluster)."""
+        return os.environ.get("POD_NAME", "tokenscale")
 
     @property
     def clusterwide(self) -> bool:

@@ -156,3 +156,51 @@ def test_every_request_is_logged_with_its_rbac_verb(cluster):
     verbs = [(r.verb, r.subresource, r.status) for r in records[-4:]]
     assert verbs == [("create", None, 201), ("get", None, 200), ("patch", "scale", 200), ("delete", None, 200)]
     assert records[-1].group == "apps" and records[-1].namespace == NS
+
+
+def test_builtin_kinds_refuse_long_label_values_and_bad_names_with_causes(cluster):
+    """kube-apiserver's validation of built-in kinds: label values of at most 63 characters, DNS names;
+    a 422 whose message and details.causes name each field (the CRD's objects are not checked so)."""
+    import json
+
+    long_name = "a" * 70
+    with pytest.raises(kubernetes.client.ApiException) as refused:
+        cluster.apps.create_namespaced_deployment(NS, deployment(long_name, {"app": long_name}))
+    assert refused.value.status == 422
+    body = json.loads(refused.value.body)
+    assert body["reason"] == "Invalid" and body["details"]["kind"] == "Deployment"
+    assert body["message"].startswith(f'Deployment.apps "{long_name}" is invalid: [metadata.labels: Invalid value: '
+                                      f'"{long_name}": must be no more than 63 characters, ')
+    assert [c["field"] for c in body["details"]["causes"]] == [
+        "metadata.labels", "spec.selector.matchLabels", "spec.template.labels"]
+    assert {c["reason"] for c in body["details"]["causes"]} == {"FieldValueInvalid"}
+    with pytest.raises(kubernetes.client.ApiException) as bad_service:
+        cluster.core.create_namespaced_service(NS, {"metadata": {"name": "9lives"}, "spec": {"ports": [{"port": 1}]}})
+    cause = json.loads(bad_service.value.body)["details"]["causes"][0]
+    assert cause["field"] == "metadata.name" and "DNS-1035 label" in cause["message"]
+    # An update is checked as well, and a valid object still goes through.
+    cluster.apps.create_namespaced_deployment(NS, deployment("fine"))
+    with pytest.raises(kubernetes.client.ApiException) as relabelled:
+        cluster.apps.patch_namespaced_deployment("fine", NS, {"metadata": {"labels": {"x": "-bad-"}}})
+    assert relabelled.value.status == 422 and "a valid label must be" in relabelled.value.body
+
+
+def test_latency_and_faults(cluster):
+    """Every request waits the configured latency (a real server answers in tens of ms); a fault
+    refuses matching requests as the real server would (here: a Service IP range that ran out)."""
+    from tokenscale.local.emulator import Fault
+
+    emulator = cluster.emulator
+    emulator.latency, emulator.jitter = 0.05, 0.01
+    try:
+        started = time.perf_counter()
+        cluster.core.list_namespaced_service(NS)
+        assert time.perf_counter() - started >= 0.05
+    finally:
+        emulator.latency = emulator.jitter = 0.0
+    emulator.faults[("create", "services")] = Fault(500, "InternalError", "Internal error occurred: failed to "
+                                                    "allocate a serviceIP: range is full", times=1)
+    with pytest.raises(kubernetes.client.ApiException) as refused:
+        cluster.core.create_namespaced_service(NS, {"metadata": {"name": "full"}, "spec": {"ports": [{"port": 1}]}})
+    assert refused.value.status == 500 and "range is full" in refused.value.body
+    cluster.core.create_namespaced_service(NS, {"metadata": {"name": "full"}, "spec": {"ports": [{"port": 1}]}})

@@ -8,8 +8,8 @@ import pytest
 
 from tokenscale.api import parse_spec
 from tokenscale.autoscaler import (
-    SignalSnapshots,
-    _reason,
+    Autoscaler,
+    condition_reason,
     cost_per_million_tokens,
     signals_status,
     source_config,
@@ -20,10 +20,12 @@ from tokenscale.policy import Signals
 from tokenscale.settings import Settings
 
 
-def test_no_prometheus_url_means_no_source_and_a_reason():
+def test_no_prometheus_url_means_no_source_and_acondition_reason():
     assert source_config(Settings()) is None
-    signals, why = SignalSnapshots(None, 15.0).get(ServiceRef("ns", "svc"))
-    assert signals == Signals() and "--prometheus-url" in why
+    scaler = Autoscaler(None, Settings())
+    signals, why = scaler.read_signals([ServiceRef("ns", "svc")], now=0.0)
+    assert signals == {} and "--prometheus-url" in why
+    scaler.close()
 
 
 def test_settings_map_onto_the_prometheus_client():
@@ -48,10 +50,10 @@ def test_settings_that_would_inject_are_refused(bad):
 
 
 def test_condition_reasons_are_camel_case():
-    assert _reason("maxReplicas") == "MaxReplicas"
-    assert _reason("hold:metricsUnavailable") == "HoldMetricsUnavailable"
-    assert _reason("scaleDownStabilization") == "ScaleDownStabilization"
-    assert _reason("") == "Unknown"
+    assert condition_reason("maxReplicas") == "MaxReplicas"
+    assert condition_reason("hold:metricsUnavailable") == "HoldMetricsUnavailable"
+    assert condition_reason("scaleDownStabilization") == "ScaleDownStabilization"
+    assert condition_reason("") == "Unknown"
 
 
 def test_signals_status_leaves_out_what_is_missing_or_not_finite():
@@ -76,3 +78,56 @@ def test_ticks_fall_on_a_fixed_grid_whatever_a_tick_took(now, tick, expected):
 
     assert seconds_to_next_tick(now, tick) == pytest.approx(expected)
     assert (now + seconds_to_next_tick(now, tick)) % tick == pytest.approx(0.0, abs=1e-9)
+
+
+class _FakeKube:
+    """Answers the tick's requests: one service's writes fail (a 500), one's hang past the timeout."""
+
+    def __init__(self):
+        import threading
+
+        self.calls = []
+        self.release = threading.Event()
+
+    def request(self, method, path, body=None, *, content_type="", timeout=None):
+        import kubernetes
+
+        self.calls.append((method, path))
+        if "/broken/" in path:
+            raise kubernetes.client.ApiException(status=500, reason="Internal Server Error")
+        if "/slow/" in path:
+            self.release.wait(timeout)
+        return {}
+
+
+def _views(names):
+    from tokenscale.autoscaler import deployment_view, service_view
+
+    spec = {"model": {"source": "m"}, "autoscaling": {"minReplicas": 1, "maxReplicas": 4}}
+    services = [service_view({"metadata": {"namespace": "ns", "name": n, "uid": f"uid-{n}", "generation": 1,
+                                           "resourceVersion": "7"}, "spec": spec}) for n in names]
+    deployments = {("ns", n): deployment_view({
+        "metadata": {"name": n, "generation": 1, "resourceVersion": "3", "ownerReferences": [{"uid": f"uid-{n}"}]},
+        "spec": {"replicas": 1}, "status": {"readyReplicas": 1, "replicas": 1, "updatedReplicas": 1,
+                                           "observedGeneration": 1}}) for n in names}
+    return services, deployments
+
+
+def test_one_failing_or_slow_service_delays_no_other():
+    import asyncio
+    import time
+
+    kube = _FakeKube()
+    scaler = Autoscaler(kube, Settings(tick_seconds=1.0, request_timeout=5.0, write_concurrency=4))
+    services, deployments = _views(["a", "broken", "slow", "b", "c"])
+    started = time.perf_counter()
+    report = asyncio.run(scaler.tick(services, deployments, {}))
+    elapsed = time.perf_counter() - started
+    kube.release.set()
+    # No Prometheus: every service gets its conditions written once; the broken one fails alone and
+    # the slow one is still in flight when the tick's budget (0.9 tick) ends.
+    assert report.errors == 1 and report.status_writes == 3 and elapsed < 1.5
+    written = {path.split("/")[-2] for method, path in kube.calls if method == "PATCH"}
+    assert written == {"a", "broken", "slow", "b", "c"}
+    assert not [c for c in kube.calls if c[0] == "GET"]  # no per-tick reads
+    scaler.close()

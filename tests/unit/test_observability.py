@@ -8,9 +8,10 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tokenscale.autoscaler import SignalSnapshots
+from tokenscale.autoscaler import Autoscaler
 from tokenscale.metrics.source import PrometheusConfig, PrometheusSource, ServiceRef
 from tokenscale.observability import OperatorMetrics, parse_address
+from tokenscale.settings import Settings
 
 
 @pytest.fixture
@@ -89,8 +90,8 @@ def test_failed_prometheus_reads_are_counted(served):
         port = closed.getsockname()[1]
     source = PrometheusSource(PrometheusConfig(url=f"http://127.0.0.1:{port}", timeout_seconds=2.0))
     try:
-        snapshots = SignalSnapshots(source, 15.0, metrics=metrics)
-        _, why = snapshots.get(ServiceRef("ml", "llama"))
+        scaler = Autoscaler(None, Settings(), source=source, metrics=metrics)
+        _, why = scaler.read_signals([ServiceRef("ml", "llama")], now=0.0)
     finally:
         source.close()
     assert why
@@ -101,11 +102,11 @@ def test_failed_prometheus_reads_are_counted(served):
 
 def test_tick_durations_are_a_histogram(served):
     metrics, url = served
-    metrics.tick_duration.observe(0.03)
+    metrics.tick_duration.observe(0.3)
     samples = scrape(url)
     assert samples["tokenscale_tick_duration_seconds_count", ()] == 1
-    assert samples["tokenscale_tick_duration_seconds_bucket", (("le", "0.05"),)] == 1
-    assert samples["tokenscale_tick_duration_seconds_bucket", (("le", "0.025"),)] == 0
+    assert samples["tokenscale_tick_duration_seconds_bucket", (("le", "0.5"),)] == 1
+    assert samples["tokenscale_tick_duration_seconds_bucket", (("le", "0.25"),)] == 0
 
 
 @pytest.mark.parametrize("address, parsed", [("0.0.0.0:8081", ("0.0.0.0", 8081)), (":9000", ("0.0.0.0", 9000)),
@@ -131,3 +132,62 @@ def test_an_ipv6_address_is_served():
         assert scrape(f"http://[{host}]:{port}/metrics")["tokenscale_desired_replicas", service("ml", "llama")] == 3
     finally:
         metrics.close()
+
+
+def test_a_prometheus_outage_is_logged_when_it_starts_and_when_it_ends(caplog):
+    """Not one urllib3 "Retrying" line per query per tick: the next tick is the retry."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    source = PrometheusSource(PrometheusConfig(url=f"http://127.0.0.1:{port}", timeout_seconds=2.0))
+    scaler = Autoscaler(None, Settings(), source=source)
+    caplog.set_level("DEBUG")
+    try:
+        for tick in range(3):
+            assert scaler.read_signals([ServiceRef("ml", "llama")], now=float(tick))[1]
+    finally:
+        source.close()
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "Prometheus unavailable" in warnings[0].getMessage()
+    assert not [r for r in caplog.records if "Retrying" in r.getMessage()]
+    scaler.source = _Answering()
+    scaler.read_signals([ServiceRef("ml", "llama")], now=4.0)
+    assert "Prometheus is back" in [r for r in caplog.records if r.levelname == "WARNING"][-1].getMessage()
+
+
+class _Answering:
+    queries_sent = 0
+
+    def read(self, refs, at):
+        return {}
+
+    def close(self):
+        pass
+
+
+def test_a_metrics_address_in_use_is_one_error_not_a_stop(caplog):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        metrics = OperatorMetrics()
+        try:
+            assert metrics.serve_or_retry(address, retry_seconds=3600) is None
+        finally:
+            metrics.close()
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and address in errors[0].getMessage() and "autoscaling goes on" in errors[0].getMessage()
+    assert metrics.metrics_server_errors._value.get() == 1
+
+
+def test_tick_metrics_report_requests_writes_and_lag(served):
+    metrics, url = served
+    metrics.tick_done(seconds=0.4, requests={"patch": 12, "create": 3}, writes=10, oldest_decision_age=31.0,
+                      behind=2, services=100)
+    samples = scrape(url)
+    assert samples["tokenscale_tick_api_requests", (("verb", "patch"),)] == 12
+    assert samples["tokenscale_tick_api_requests", (("verb", "get"),)] == 0
+    assert samples["tokenscale_autoscaler_api_requests_total", (("verb", "create"),)] == 3
+    assert samples["tokenscale_tick_status_writes", ()] == 10
+    assert samples["tokenscale_oldest_decision_age_seconds", ()] == 31.0
+    assert samples["tokenscale_services_behind_schedule", ()] == 2

@@ -30,10 +30,11 @@ watched, a Role in each watched namespace otherwise. "clusterRules" are cluster-
 - apiGroups: ["monitoring.coreos.com"]
   resources: ["podmonitors"]
   verbs: ["get", "create", "update", "delete"]
-# The autoscaler counts a service's pods that cannot be scheduled (no free GPU).
+# The autoscaler watches the serving pods: those that cannot be scheduled (no free GPU) or cannot
+# start (CrashLoopBackOff, ImagePullBackOff, ...).
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["list"]
+  verbs: ["list", "watch"]
 # kopf reports handler results and every scaling decision as Events.
 - apiGroups: [""]
   resources: ["events"]

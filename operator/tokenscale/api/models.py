@@ -1040,6 +1040,9 @@ class SignalsStatus(_Status):
     activation: float | None = Field(default=None, description="The activation query's value.")
     sample_age_seconds: float | None = Field(default=None, description="Age of the newest sample.")
     sampled_at: str | None = Field(default=None, description="When the signals were read (RFC 3339).")
+    heartbeat_seconds: float | None = Field(
+        default=None, description="Status is rewritten at least this often even when nothing moved: a sampledAt "
+        "older than this (plus one tick) means the autoscaler is behind.")
 
 
 class DecisionRecord(_Status):

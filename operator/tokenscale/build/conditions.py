@@ -7,17 +7,19 @@ autoscaler adds MetricsAvailable / ScalingActive / ScalingLimited through the sa
 
 from __future__ import annotations
 
-import copy
 import datetime
 from typing import Any
 
 from tokenscale.api.models import CONDITION_MESSAGE_MAX_LENGTH
 
+from .pods import FAILING_WAITING, OOM_KILLED, STARTUP_PROBE_FAILED, PodHealth
+
 READY = "Ready"
 PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
 # Degraded reasons a successful reconcile clears.
-RECOVERABLE = ("RolloutStuck", "AsExpected", "InvalidSpec", "ApplyFailed", "NameConflict")
+RECOVERABLE = ("RolloutStuck", "AsExpected", "InvalidSpec", "ApplyFailed", "NameConflict",
+               *FAILING_WAITING, OOM_KILLED, STARTUP_PROBE_FAILED)
 
 
 def now() -> str:
@@ -49,7 +51,7 @@ def set_condition(conditions: list[dict[str, Any]] | None, kind: str, status: bo
                   at: str | None = None) -> list[dict[str, Any]]:
     """A new list with `kind` set; the order of the others is kept."""
     text = status if isinstance(status, str) else ("True" if status else "False")
-    result = [copy.deepcopy(c) for c in conditions or []]
+    result = [dict(c) for c in conditions or []]  # flat dicts of strings: a shallow copy is a copy
     old = get_condition(result, kind)
     new: dict[str, Any] = {"type": kind, "status": text, "reason": reason, "message": _fit(message)}
     if observed_generation is not None:
@@ -69,21 +71,23 @@ def merge_conditions(current: list[dict[str, Any]] | None,
                      updates: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
     """`current` with each condition in `updates` replacing the one of its type (others kept),
     so writers of different conditions (reconciler, autoscaler) never drop each other's."""
-    result = [copy.deepcopy(c) for c in current or []]
+    result = [dict(c) for c in current or []]
     for update in updates or []:
         old = get_condition(result, update.get("type", ""))
         if old is None:
-            result.append(copy.deepcopy(update))
+            result.append(dict(update))
         else:
-            result[result.index(old)] = copy.deepcopy(update)
+            result[result.index(old)] = dict(update)
     return result
 
 
 def workload_status(deployment: dict[str, Any] | None, *, generation: int | None,
                     conditions: list[dict[str, Any]] | None, endpoint: str, selector: str,
-                    at: str | None = None) -> dict[str, Any]:
-    """replicas, readiness, phase and Ready/Progressing/Degraded from the live Deployment."""
+                    at: str | None = None, pod_health: PodHealth | None = None) -> dict[str, Any]:
+    """replicas, readiness, phase and Ready/Progressing/Degraded from the live Deployment and the
+    problems of its pods (a pod that cannot start is named, not shown as loading)."""
     at = at or now()
+    health = pod_health or PodHealth()
     if deployment is None:
         conditions = set_condition(conditions, READY, False, "DeploymentMissing",
                                    "the serving Deployment does not exist yet", observed_generation=generation, at=at)
@@ -109,6 +113,10 @@ def workload_status(deployment: dict[str, Any] | None, *, generation: int | None
         phase = "Ready" if ready >= desired and updated >= desired and rolled_out else "Progressing"
         conditions = set_condition(conditions, READY, True, "ReplicasReady",
                                    f"{ready}/{desired} replicas ready", observed_generation=generation, at=at)
+    elif health.failing:
+        phase = "Degraded"
+        conditions = set_condition(conditions, READY, False, health.reason, health.message,
+                                   observed_generation=generation, at=at)
     else:
         phase = "Progressing"
         conditions = set_condition(conditions, READY, False, "NoReplicaReady",
@@ -126,6 +134,10 @@ def workload_status(deployment: dict[str, Any] | None, *, generation: int | None
     if stuck is not None:
         phase = "Degraded"
         conditions = set_condition(conditions, DEGRADED, True, "RolloutStuck", stuck.get("message", ""),
+                                   observed_generation=generation, at=at)
+    elif health.failing and desired > 0:
+        phase = "Degraded"
+        conditions = set_condition(conditions, DEGRADED, True, health.reason, health.message,
                                    observed_generation=generation, at=at)
     else:
         current = get_condition(conditions, DEGRADED)

@@ -87,6 +87,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
          "http://prometheus-operated.monitoring:9090", metavar="URL")
     _add(prom, "--tick-seconds", "seconds between autoscaling decisions", kind=float, default=15.0,
          metavar="S")
+    _add(prom, "--heartbeat-ticks", "status is written on a material change and at least every N ticks "
+         "(status.signals.heartbeatSeconds says how often)", kind=int, default=4, metavar="N")
+    _add(prom, "--signal-band", "relative change of a signal that is worth a status write", kind=float,
+         default=0.1, metavar="FRACTION")
+    _add(prom, "--write-concurrency", "Kubernetes writes in flight at once during a tick", kind=int, default=16,
+         metavar="N")
     _add(prom, "--prometheus-bearer-token-file", "file holding a bearer token for Prometheus", metavar="FILE")
     _add(prom, "--prometheus-username", "basic-auth user for Prometheus", metavar="USER")
     _add(prom, "--prometheus-password-file", "file holding the basic-auth password", metavar="FILE")
@@ -146,6 +152,12 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         parse_address(args.metrics_address)  # a ValueError names the flag
     if args.tick_seconds <= 0:
         raise ValueError("--tick-seconds must be positive")
+    if args.heartbeat_ticks < 1:
+        raise ValueError("--heartbeat-ticks must be at least 1")
+    if not 0 <= args.signal_band < 1:
+        raise ValueError("--signal-band must be in [0, 1)")
+    if args.write_concurrency < 1:
+        raise ValueError("--write-concurrency must be at least 1")
     return Settings(
         kubeconfig=args.kubeconfig or None,
         context=args.context or None,
@@ -165,6 +177,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         default_server_image=args.default_server_image,
         prometheus_url=args.prometheus_url or None,
         tick_seconds=args.tick_seconds,
+        heartbeat_ticks=args.heartbeat_ticks,
+        signal_band=args.signal_band,
+        write_concurrency=args.write_concurrency,
         prometheus_bearer_token_file=args.prometheus_bearer_token_file or None,
         prometheus_username=args.prometheus_username or None,
         prometheus_password_file=args.prometheus_password_file or None,
@@ -205,6 +220,11 @@ def kopf_settings(settings: Settings) -> Any:
     managed = "app.kubernetes.io/managed-by=tokenscale"
     ops.watching.label_selectors["apps", "v1", "deployments"] = managed
     ops.watching.label_selectors["v1", "services"] = managed
+    # Serving pods only (the autoscaler's index keeps those that cannot start or be scheduled).
+    ops.watching.label_selectors["v1", "pods"] = "tokenscale.io/service"
+    # The reconcile handlers are synchronous: enough threads that 1,000 new services' children are
+    # created in parallel against an API server that answers in tens of milliseconds.
+    ops.execution.max_workers = max(8, settings.write_concurrency)
     return ops
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import copy
+import dataclasses
 import datetime
 import json
 import random
@@ -46,6 +47,7 @@ import yaml
 
 from tokenscale.api import GROUP, KIND, PLURAL, SHORT_NAMES, VERSION
 
+CONTROL_PATH = "/tokenscale-emulator"  # the harness's endpoints: latency, request counts
 HISTORY_PER_OBJECT = 20  # versions kept per object (kmock keeps all; a long demo would grow)
 EVENT_HISTORY = 5000  # watch events kept for resuming watches from a resourceVersion
 # A long demo makes hundreds of thousands of requests: keep the most recent ones only.
@@ -58,13 +60,16 @@ _NAMESPACES = kmock.resource("", "v1", "namespaces")
 class ApiError(Exception):
     """A Kubernetes `Status` failure."""
 
-    def __init__(self, code: int, reason: str, message: str):
+    def __init__(self, code: int, reason: str, message: str, details: dict[str, Any] | None = None):
         super().__init__(message)
-        self.code, self.reason, self.message = code, reason, message
+        self.code, self.reason, self.message, self.details = code, reason, message, details
 
     def status(self) -> dict[str, Any]:
-        return {"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
-                "code": self.code, "reason": self.reason, "message": self.message}
+        status = {"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+                  "code": self.code, "reason": self.reason, "message": self.message}
+        if self.details:
+            status["details"] = self.details
+        return status
 
     def response(self) -> aiohttp.web.Response:
         return aiohttp.web.json_response(self.status(), status=self.code)
@@ -183,6 +188,89 @@ def fields_match(obj: dict[str, Any], requirements: list[tuple[str, str, str]]) 
     return True
 
 
+# --- what kube-apiserver validates on the built-in kinds ------------------------------------
+# The real server checks names and label values of Deployments, Services, PDBs (not of a custom
+# resource, whose schema is the CRD's) and refuses with 422 and details.causes: the operator must
+# carry those words to the user. The messages below are the API server's own.
+
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+_DNS_1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_VALIDATED = {("apps", "deployments"): ("Deployment.apps", "subdomain"), ("", "services"): ("Service", "dns1035"),
+              ("policy", "poddisruptionbudgets"): ("PodDisruptionBudget.policy", "subdomain")}
+
+
+def _label_causes(labels: Any, field: str) -> list[dict[str, str]]:
+    causes = []
+    for value in (labels or {}).values() if isinstance(labels, dict) else ():
+        text = str(value)
+        if len(text) > 63:
+            causes.append({"reason": "FieldValueInvalid", "field": field,
+                           "message": f'Invalid value: "{text}": must be no more than 63 characters'})
+        elif not _LABEL_VALUE.match(text):
+            causes.append({"reason": "FieldValueInvalid", "field": field, "message": (
+                f'Invalid value: "{text}": a valid label must be an empty string or consist of alphanumeric '
+                "characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. "
+                "'MyValue',  or 'my_value',  or '12345', regex used for validation is "
+                "'(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')")})
+    return causes
+
+
+def _name_causes(name: str, rule: str) -> list[dict[str, str]]:
+    if rule == "dns1035":
+        if len(name) > 63:
+            return [{"reason": "FieldValueInvalid", "field": "metadata.name",
+                     "message": f'Invalid value: "{name}": must be no more than 63 characters'}]
+        if not _DNS_1035_LABEL.match(name):
+            return [{"reason": "FieldValueInvalid", "field": "metadata.name", "message": (
+                f'Invalid value: "{name}": a DNS-1035 label must consist of lower case alphanumeric characters '
+                "or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. "
+                "'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')")}]
+        return []
+    if len(name) > 253 or not _DNS_1123_SUBDOMAIN.match(name):
+        return [{"reason": "FieldValueInvalid", "field": "metadata.name", "message": (
+            f'Invalid value: "{name}": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric '
+            "characters, '-' or '.', and must start and end with an alphanumeric character (e.g. "
+            "'example.com', regex used for validation is "
+            "'[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')")}]
+    return []
+
+
+def validate_builtin(resource: kmock.resource, obj: dict[str, Any]) -> None:
+    """Raise the 422 kube-apiserver would for a bad name or label value on a built-in kind."""
+    known = _VALIDATED.get((resource.group or "", resource.plural or ""))
+    if known is None:
+        return
+    kind, rule = known
+    meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
+    name = str(meta.get("name") or "")
+    causes = _name_causes(name, rule) + _label_causes(meta.get("labels"), "metadata.labels")
+    if resource.plural == "deployments":
+        causes += _label_causes((spec.get("selector") or {}).get("matchLabels"), "spec.selector.matchLabels")
+        causes += _label_causes(((spec.get("template") or {}).get("metadata") or {}).get("labels"),
+                                "spec.template.labels")
+    elif resource.plural == "services":
+        causes += _label_causes(spec.get("selector"), "spec.selector")
+    elif resource.plural == "poddisruptionbudgets":
+        causes += _label_causes((spec.get("selector") or {}).get("matchLabels"), "spec.selector.matchLabels")
+    if not causes:
+        return
+    words = [f"{c['field']}: {c['message']}" for c in causes]
+    listed = words[0] if len(words) == 1 else "[" + ", ".join(words) + "]"
+    raise ApiError(422, "Invalid", f'{kind} "{name}" is invalid: {listed}', details={
+        "name": name, "group": resource.group or "", "kind": kind.split(".")[0], "causes": causes})
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A refusal the next matching requests get (e.g. an exhausted Service IP range: 500)."""
+
+    code: int
+    reason: str
+    message: str
+    times: int = 1_000_000
+
+
 # --- the emulator ---------------------------------------------------------------------------
 
 
@@ -196,6 +284,14 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
         factory=lambda: collections.deque(maxlen=EVENT_HISTORY), init=False
     )
     _log: list[RequestRecord] = attrs.field(factory=list, init=False)
+    # A real API server answers in tens of milliseconds: each request (a watch: its start) waits
+    # latency + uniform(0, jitter) seconds. 0 for tests; the benchmark sets 20 ms.
+    _served: int = attrs.field(default=0, init=False)  # requests recorded, ever (the log is trimmed)
+    _tally: collections.Counter = attrs.field(factory=collections.Counter, init=False)  # never trimmed
+    latency: float = attrs.field(default=0.0)
+    jitter: float = attrs.field(default=0.0)
+    # (verb, plural) -> the refusal those requests get, e.g. ("create", "services").
+    faults: dict[tuple[str, str], Fault] = attrs.field(factory=dict)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -229,6 +325,10 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
     # --- dispatch -------------------------------------------------------------------------
 
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        if raw_request.path.startswith(CONTROL_PATH):
+            return await self._control(raw_request)
+        if self.latency or self.jitter:
+            await asyncio.sleep(self.latency + random.uniform(0.0, self.jitter))
         # kmock cannot parse /api/v1/namespaces[/NAME] (it answers 500): build the request here.
         match = _NAMESPACES_PATH.fullmatch(raw_request.path)
         if match is None:
@@ -254,6 +354,21 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
         except Exception as error:  # as kmock does: report, do not crash the server
             return await self._render_error(error)
 
+    async def _control(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        """The harness's own endpoints (no Kubernetes API has them): set the latency; count requests."""
+        if raw_request.path == f"{CONTROL_PATH}/latency" and raw_request.method == "PUT":
+            wanted = await raw_request.json()
+            self.latency, self.jitter = float(wanted.get("latency", 0.0)), float(wanted.get("jitter", 0.0))
+            return aiohttp.web.json_response({"latency": self.latency, "jitter": self.jitter})
+        if raw_request.path == f"{CONTROL_PATH}/requests":
+            counts: collections.Counter[str] = collections.Counter()
+            for (method, plural, sub, named), count in self._tally.items():
+                verb = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(
+                    method, "get" if named else "list")
+                counts[f"{verb} {plural}{'/' + sub if sub else ''}"] += count
+            return aiohttp.web.json_response({"total": self._served, "counts": dict(counts)})
+        return aiohttp.web.json_response({"message": "not found"}, status=404)
+
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         resource = request.resource
         if resource is not None and not resource.plural and resource.version and request.url.path.endswith("/"):
@@ -275,6 +390,10 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
         return response
 
     def _record(self, request: kmock.Request, status: int) -> None:
+        self._served += 1
+        if request.resource is not None and request.resource.plural:
+            self._tally[(str(request.method.value).upper(), request.resource.plural, request.subresource or "",
+                         "name" if request.name else "")] += 1
         if len(self._requests) > REQUESTS_KEPT:
             del self._requests[: len(self._requests) - REQUESTS_KEPT // 2]
         if len(self._log) > REQUEST_LOG_KEPT:
@@ -311,6 +430,11 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
         method = str(request.method.value).upper()
         if method == "GET" and request.params.get("watch") in ("true", "1"):
             return await self._watch(request, resource)
+        verb = {"POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}.get(method)
+        fault = self.faults.get((verb or "", resource.plural or ""))
+        if fault is not None and fault.times > 0:
+            self.faults[(verb or "", resource.plural or "")] = dataclasses.replace(fault, times=fault.times - 1)
+            raise ApiError(fault.code, fault.reason, fault.message)
         async with self._lock:
             if method == "GET" and request.name is None:
                 return aiohttp.web.json_response(self._list(request, resource, info))
@@ -407,6 +531,7 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
             meta.setdefault("labels", {})["kubernetes.io/metadata.name"] = name
         if resource == kmock.resource("apps", "v1", "deployments"):
             obj["spec"].setdefault("replicas", 1)  # the one default the operator relies on
+        validate_builtin(resource, obj)
         self._store(key, obj, "ADDED")
         return obj
 
@@ -451,6 +576,8 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
         new["metadata"]["resourceVersion"] = current["metadata"].get("resourceVersion")
         if new == current:
             return _scale_of(current, resource) if sub == "scale" else current  # a no-op writes nothing
+        if sub is None:
+            validate_builtin(resource, new)
         if "generation" in current["metadata"] and _essence(new) != _essence(current):
             new["metadata"]["generation"] = current["metadata"]["generation"] + 1
         self._store(key, new, "MODIFIED")
@@ -734,3 +861,27 @@ class RunningEmulator:
 def serve(emulator: KubernetesEmulator | None = None, host: str = "127.0.0.1", port: int = 0) -> RunningEmulator:
     """Start an emulator in a background thread; stop it with `.stop()` (or use it as a context)."""
     return RunningEmulator(emulator, host, port).start()
+
+
+def _control_url(kubeconfig: str | Path) -> str:
+    config = yaml.safe_load(Path(kubeconfig).read_text())
+    return config["clusters"][0]["cluster"]["server"] + CONTROL_PATH
+
+
+def set_latency(kubeconfig: str | Path, latency: float, jitter: float = 0.0) -> None:
+    """Set the per-request latency of an emulator (in this process or another) by its kubeconfig."""
+    import urllib.request
+
+    request = urllib.request.Request(f"{_control_url(kubeconfig)}/latency", method="PUT",
+                                     data=json.dumps({"latency": latency, "jitter": jitter}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(request, timeout=10).read()
+
+
+def request_counts(kubeconfig: str | Path) -> dict[str, Any]:
+    """{"total": requests served, "counts": {"verb resource[/sub]": n}} since the emulator started
+    (a watch counts once, when it starts; "get" of a collection is a list)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{_control_url(kubeconfig)}/requests", timeout=30) as response:
+        return json.loads(response.read())

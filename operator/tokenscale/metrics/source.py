@@ -85,8 +85,9 @@ class PrometheusSource:
             warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
         session = requests.Session()
         session.verify = config.ca_file if config.ca_file and not config.insecure else not config.insecure
-        # One quick retry on a refused connection or a 502/503; an outage must surface within a tick.
-        retry = Retry(total=1, connect=1, read=0, backoff_factor=0.1, status_forcelist=[502, 503, 504])
+        # No retries: the next tick is the retry. (urllib3's retries would also log a "Retrying"
+        # warning per query per tick through an outage; the autoscaler logs its start and its end.)
+        retry = Retry(total=0, connect=0, read=0, status=0, redirect=0, raise_on_status=False)
         auth = None
         if config.username:
             password = Path(config.password_file).read_text().strip() if config.password_file else ""

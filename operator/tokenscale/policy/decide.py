@@ -75,21 +75,26 @@ def _finish(
         new_history = dataclasses.replace(new_history, last_scale_up=now)
     elif result.desired < result.current:
         new_history = dataclasses.replace(new_history, last_scale_down=now)
-    limited = result.limited_by in _LIMITING or replicas.unschedulable > 0
+    limited = result.limited_by in _LIMITING or replicas.unschedulable > 0 or replicas.failing > 0
     limited_reason = ""
-    if replicas.unschedulable > 0:
+    if replicas.failing > 0:
+        limited_reason = _failing_words(replicas)
+    elif replicas.unschedulable > 0:
         limited_reason = (
             f"{replicas.unschedulable} pod(s) cannot be scheduled (no node with free resources, "
             "e.g. GPUs): no further scale-up until they run"
         )
     elif limited:
         limited_reason = result.reason
+    reason = result.reason
+    if replicas.failing > 0 and result.limited_by != "podsFailing":
+        reason = f"{reason.rstrip('.')}; {_failing_words(replicas)}."
     return Decision(
         desired=result.desired,
         current=result.current,
         recommendations=dict(result.recommendations),
         limited_by=result.limited_by,
-        reason=result.reason,
+        reason=reason,
         history=new_history,
         metrics_available=metrics_available,
         scaling_limited=limited,
@@ -148,12 +153,20 @@ def _first_replica_loading(
     history = trim(history, now, spec)
     current = replicas.current
     result = Outcome(current, {})
-    if replicas.unschedulable >= current:
+    if replicas.failing > 0 and replicas.pending == 0:
+        result.set(current, "podsFailing", f"Holding at {current}: {_failing_words(replicas)}; "
+                   "more replicas would fail the same way.")
+    elif replicas.unschedulable >= current:
         result.set(current, "unschedulable", f"Holding at {current}: no replica can be scheduled yet.")
     else:
         result.set(current, "coldStart", f"Holding at {current}: waiting for the first replica to become "
                    "ready (no pod reports metrics yet).")
     return _finish(result, spec, replicas, history, now, current, panic_until=_panic_carry(history, now))
+
+
+def _failing_words(replicas: ReplicaState) -> str:
+    state = replicas.failing_reason or "failing"
+    return f"{replicas.failing} pod(s) cannot start ({state}) and are not counted as capacity on its way"
 
 
 def _metrics_problems(signals: Signals, spec: AutoscalingSpec) -> list[str]:

@@ -45,11 +45,14 @@ class ReplicaState:
     current: int  # the Deployment's spec.replicas (what was last asked for)
     ready: int  # ready pods
     unschedulable: int = 0  # pods Pending with reason Unschedulable (e.g. no free GPU)
+    # pods that cannot start (CrashLoopBackOff, ImagePullBackOff, OOMKilled, ...): not capacity
+    failing: int = 0
+    failing_reason: str = ""  # e.g. "CrashLoopBackOff", for the decision's words
 
     @property
     def pending(self) -> int:
         """Replicas asked for but not ready yet: capacity on its way (model loading)."""
-        return max(0, self.current - self.ready - self.unschedulable)
+        return max(0, self.current - self.ready - self.unschedulable - self.failing)
 
 
 @dataclass(frozen=True)
