@@ -46,6 +46,7 @@ from tokenscale.api import (
 )
 from tokenscale.build import selector_string
 from tokenscale.build.pods import PodHealth, PodProblem
+from tokenscale.build.routing import activation_requested_at, with_activation
 from tokenscale.build.tickplan import (
     PlanSettings,
     TickInput,
@@ -115,6 +116,7 @@ class ServiceView:
     deleting: bool
     spec: Mapping[str, Any]
     status: Mapping[str, Any]
+    activation_requested_at: float | None = None  # the activator's wake-up stamp (build/routing.py)
 
     def owner(self) -> dict[str, Any]:
         """The object as the reconcile functions and Events take it."""
@@ -128,7 +130,8 @@ def service_view(body: Mapping[str, Any]) -> ServiceView:
     return ServiceView(namespace=meta.get("namespace", ""), name=meta.get("name", ""), uid=meta.get("uid", ""),
                        generation=meta.get("generation"), resource_version=str(meta.get("resourceVersion", "")),
                        deleting=bool(meta.get("deletionTimestamp")), spec=_plain(body.get("spec") or {}),
-                       status=_plain(body.get("status") or {}))
+                       status=_plain(body.get("status") or {}),
+                       activation_requested_at=activation_requested_at(meta.get("annotations")))
 
 
 DeploymentView = dict  # {"metadata": {...}, "spec": {"replicas"}, "status": {...}}: what workload_status reads
@@ -196,6 +199,7 @@ class _Job:
     decision: Decision | None
     memory: _Memory
     deployment_version: str = ""  # the Deployment's resourceVersion the decision saw
+    spec: InferenceServiceSpec | None = None
 
 
 class Autoscaler:
@@ -222,6 +226,7 @@ class Autoscaler:
         self._outage: str | None = None
         self._pending: set[asyncio.Task] = set()
         self.last_report: TickReport | None = None
+        self.routes: Any = None  # activation.Routes: set by the operator's startup (scale from zero)
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -318,7 +323,9 @@ class Autoscaler:
             history = memory.history
             if history is None:
                 history = history_from_status(parse_status(dict(view.status)).autoscaler)
-            decision = decide(signals if unavailable is None else Signals(), spec.autoscaling, replicas, history, now)
+            observed = with_activation(signals if unavailable is None else Signals(), spec,
+                                       view.activation_requested_at, now)
+            decision = decide(observed, spec.autoscaling, replicas, history, now)
         owner = view.owner()
         plan = plan_tick(TickInput(
             name=view.name, namespace=view.namespace, generation=view.generation, spec=spec, status=view.status,
@@ -335,7 +342,7 @@ class Autoscaler:
                 queue_depth=signals.queue_depth, limited_by=decision.limited_by, scaled=None)
         else:
             self.metrics.forget(view.namespace, view.name)
-        return _Job(view=view, plan=plan, decision=decision, memory=memory,
+        return _Job(view=view, plan=plan, decision=decision, memory=memory, spec=spec,
                     deployment_version=deployment["metadata"]["resourceVersion"])
 
     # --- act --------------------------------------------------------------------------------------
@@ -351,7 +358,7 @@ class Autoscaler:
         assert self.kube is not None
         try:
             scaled = False
-            if plan.scale_to is not None:
+            if plan.scale_to is not None and await self._may_scale(job):
                 scaled = await self._scale(job, report)
             patch = plan.status_patch
             if patch is not None and plan.scale_to is not None and not scaled:
@@ -398,6 +405,18 @@ class Autoscaler:
         }
         await self._call(report, "create", self.kube.core.create_namespaced_event, view.namespace, body)
         report.events += 1
+
+    async def _may_scale(self, job: _Job) -> bool:
+        """Before the last replica is asked to stop, the service's traffic is routed to the activator
+        (activation.Routes); when that cannot be done it stays at one replica this tick."""
+        if job.plan.scale_to != 0 or self.routes is None or job.spec is None:
+            return True
+        loop = asyncio.get_running_loop()
+        ready = await loop.run_in_executor(self.pool, self.routes.before_scale_to_zero, job.view.owner(), job.spec)
+        if not ready:
+            log.warning("not scaling %s/%s to zero: no ready activator pod to route its requests to",
+                        job.view.namespace, job.view.name)
+        return ready
 
     async def _scale(self, job: _Job, report: TickReport) -> bool:
         """Set the Deployment's replicas at the resourceVersion the decision saw (409: it moved on)."""

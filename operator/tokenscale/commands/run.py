@@ -233,6 +233,7 @@ def run_operator(settings: Settings, *, stop_flag: Any = None, ready_flag: Any =
     import kopf
 
     settings_module.configure(settings)
+    import tokenscale.activation  # noqa: F401  (scale from zero with the activator)
     import tokenscale.handlers  # noqa: F401  (registers the handlers in kopf's default registry)
 
     standalone = True if settings.standalone else None
