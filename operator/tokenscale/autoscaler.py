@@ -1,7 +1,7 @@
 """The autoscaler: one tick for the whole fleet — observe, decide, plan, act.
 
 - observe: every InferenceService, its Deployment and its pods that cannot start, from watched
-  state (kopf's indices, fed by its watch streams: handlers.py declares them), and one
+  state (`WatchedState`, an informer-style cache fed by kopf's watch streams), and one
   Prometheus snapshot for all services (one query per signal). No per-tick GETs.
 - decide: `policy.decide` per service (pure).
 - plan: `build.tickplan.plan_tick` per service (pure): the status patch (only on a material
@@ -35,16 +35,13 @@ import kubernetes
 from tokenscale import reconcile
 from tokenscale.api import (
     API_VERSION,
-    GROUP,
     KIND,
-    PLURAL,
-    VERSION,
     InferenceServiceSpec,
     SpecError,
     parse_spec,
     parse_status,
 )
-from tokenscale.build import selector_string
+from tokenscale.build import SERVICE_LABEL, selector_string
 from tokenscale.build.pods import PodHealth, PodProblem
 from tokenscale.build.routing import activation_requested_at, with_activation
 from tokenscale.build.tickplan import (
@@ -71,9 +68,10 @@ from tokenscale.settings import Settings
 log = logging.getLogger("tokenscale.autoscaler")
 
 MERGE_PATCH = "application/merge-patch+json"
+_VERBS = {"GET": "get", "POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}
 PostEvent = Callable[[dict[str, Any], str, str, str], None]  # (object, type, reason, message)
 
-__all__ = ["Autoscaler", "DeploymentView", "ServiceView", "condition_reason", "cost_per_million_tokens",
+__all__ = ["Autoscaler", "DeploymentView", "ServiceView", "WatchedState", "condition_reason", "cost_per_million_tokens",
            "deployment_view", "seconds_to_next_tick", "service_view", "signals_status", "source_config"]
 
 
@@ -101,7 +99,7 @@ def seconds_to_next_tick(now: float, tick_seconds: float) -> float:
     return tick_seconds - (now % tick_seconds)
 
 
-# --- the watched state: slim projections, kept by kopf's indices -----------------------------
+# --- the watched state: slim projections ------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -192,7 +190,7 @@ class TickReport:
     seconds: float = 0.0
 
 
-@dataclass
+@dataclass(eq=False)
 class _Job:
     view: ServiceView
     plan: TickPlan
@@ -347,11 +345,14 @@ class Autoscaler:
 
     # --- act --------------------------------------------------------------------------------------
 
-    async def _call(self, report: TickReport, verb: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        report.requests[verb] += 1
+    async def _request(self, report: TickReport, method: str, path: str, body: Any,
+                       content_type: str = MERGE_PATCH) -> dict[str, Any]:
+        """One API request on the bounded pool, with the request timeout."""
+        assert self.kube is not None
+        report.requests[_VERBS[method]] += 1
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.pool, lambda: fn(*args, _request_timeout=self.settings.request_timeout,
-                                                                **kwargs))
+        return await loop.run_in_executor(self.pool, lambda: self.kube.request(
+            method, path, body, content_type=content_type, timeout=self.settings.request_timeout))
 
     async def _act(self, job: _Job, report: TickReport, now: float) -> None:
         view, plan, memory = job.view, job.plan, job.memory
@@ -403,7 +404,8 @@ class Autoscaler:
             "reportingInstance": self.settings.instance, "firstTimestamp": stamp, "lastTimestamp": stamp,
             "count": 1,
         }
-        await self._call(report, "create", self.kube.core.create_namespaced_event, view.namespace, body)
+        await self._request(report, "POST", f"/api/v1/namespaces/{view.namespace}/events", body,
+                            content_type="application/json")
         report.events += 1
 
     async def _may_scale(self, job: _Job) -> bool:
@@ -426,8 +428,8 @@ class Autoscaler:
         if job.deployment_version:
             body["metadata"] = {"resourceVersion": job.deployment_version}
         try:
-            await self._call(report, "patch", self.kube.apps.patch_namespaced_deployment, view.name, view.namespace,
-                             body, _content_type=MERGE_PATCH)
+            await self._request(report, "PATCH", f"/apis/apps/v1/namespaces/{view.namespace}/deployments/{view.name}",
+                                body)
         except kubernetes.client.ApiException as error:
             if error.status in (404, 409):
                 log.info("not scaling %s/%s this tick: its Deployment changed since it was observed",
@@ -442,8 +444,7 @@ class Autoscaler:
         assert self.kube is not None
         body = {"metadata": {"resourceVersion": view.resource_version}, "status": patch}
         try:
-            await self._call(report, "patch", self.kube.custom.patch_namespaced_custom_object_status, GROUP, VERSION,
-                             view.namespace, PLURAL, view.name, body, _content_type=MERGE_PATCH)
+            await self._request(report, "PATCH", reconcile.service_path(view.namespace, view.name, "status"), body)
             return True
         except kubernetes.client.ApiException as error:
             if error.status == 404:
@@ -472,8 +473,9 @@ class Autoscaler:
                 or job.plan.events]
         report.planned_writes = sum(1 for job in work if job.plan.status_patch is not None)
         # Jobs without writes only move the in-memory history on.
+        acting = {id(job) for job in work}
         for job in jobs:
-            if job not in work and job.decision is not None:
+            if id(job) not in acting and job.decision is not None:
                 job.memory.history = job.decision.history
         semaphore = asyncio.Semaphore(self.concurrency)
 
@@ -516,18 +518,69 @@ class Autoscaler:
 # --- the loop -------------------------------------------------------------------------------------
 
 
-def snapshot(services_index: Mapping[Any, Iterable[ServiceView]],
-             deployments_index: Mapping[Any, Iterable[DeploymentView]],
-             problems_index: Mapping[Any, Iterable[PodProblem]],
-             ) -> tuple[list[ServiceView], dict[ServiceKey, DeploymentView], dict[ServiceKey, list[PodProblem]]]:
-    """Copy the indices' current contents (in the event loop, where kopf updates them)."""
-    services = [view for store in list(services_index.values()) for view in list(store)]
-    deployments: dict[ServiceKey, DeploymentView] = {}
-    for key, store in list(deployments_index.items()):
-        for view in list(store):
-            deployments[key] = view
-    problems = {key: list(store) for key, store in list(problems_index.items())}
-    return services, deployments, problems
+class WatchedState:
+    """An informer-style cache of what the tick reads, fed by kopf's watch events (handlers.py): slim
+    views of every InferenceService and serving Deployment, which serving Services exist, and the
+    serving pods that cannot start or be scheduled. Updated and read on kopf's event loop."""
+
+    def __init__(self) -> None:
+        self.services: dict[ServiceKey, ServiceView] = {}
+        self.deployments: dict[ServiceKey, DeploymentView] = {}
+        self.network_services: set[ServiceKey] = set()
+        self.problems: dict[ServiceKey, dict[str, PodProblem]] = {}
+        # services whose children changed before they were cached: their next reconcile reads them
+        self.unchecked: set[ServiceKey] = set()
+
+    @staticmethod
+    def _key(body: Mapping[str, Any], label: bool) -> ServiceKey | None:
+        meta = body.get("metadata") or {}
+        name = (meta.get("labels") or {}).get(SERVICE_LABEL) if label else meta.get("name")
+        return (meta.get("namespace", ""), name) if name else None
+
+    def service_event(self, kind: str | None, body: Mapping[str, Any]) -> None:
+        key = self._key(body, label=False)
+        if key is None:
+            return
+        if kind == "DELETED":
+            self.services.pop(key, None)
+        else:
+            self.services[key] = service_view(body)
+
+    def deployment_event(self, kind: str | None, body: Mapping[str, Any]) -> None:
+        key = self._key(body, label=True)
+        if key is None:
+            return
+        if kind == "DELETED":
+            self.deployments.pop(key, None)
+        else:
+            self.deployments[key] = deployment_view(body)
+
+    def network_service_event(self, kind: str | None, body: Mapping[str, Any]) -> None:
+        key = self._key(body, label=True)
+        if key is not None:
+            (self.network_services.discard if kind == "DELETED" else self.network_services.add)(key)
+
+    def pod_event(self, kind: str | None, body: Mapping[str, Any], problem: PodProblem | None) -> None:
+        key = self._key(body, label=True)
+        if key is None:
+            return
+        pod = (body.get("metadata") or {}).get("name", "")
+        known = self.problems.get(key)
+        if kind == "DELETED" or problem is None:
+            if known is not None:
+                known.pop(pod, None)
+                if not known:
+                    del self.problems[key]
+        else:
+            self.problems.setdefault(key, {})[pod] = problem
+
+    def pod_health(self, key: ServiceKey) -> PodHealth:
+        return PodHealth.of(list((self.problems.get(key) or {}).values()))
+
+    def snapshot(self) -> tuple[list[ServiceView], dict[ServiceKey, DeploymentView], dict[ServiceKey, list[PodProblem]]]:
+        """Copies for the tick's worker thread (taken on the event loop, where the cache changes)."""
+        return (list(self.services.values()), dict(self.deployments),
+                {key: list(pods.values()) for key, pods in self.problems.items()})
 
 
 class PeeringGate:
@@ -579,7 +632,7 @@ class PeeringGate:
         return True
 
 
-async def run(scaler: Autoscaler, indices: Callable[[], tuple[Any, Any, Any]], stopped: asyncio.Event) -> None:
+async def run(scaler: Autoscaler, watched: WatchedState, stopped: asyncio.Event) -> None:
     """Tick on the wall-clock grid until `stopped` is set."""
     gate = PeeringGate(scaler.kube, scaler.settings)
     loop = asyncio.get_running_loop()
@@ -591,7 +644,7 @@ async def run(scaler: Autoscaler, indices: Callable[[], tuple[Any, Any, Any]], s
         try:
             if not await loop.run_in_executor(scaler.pool, gate.active, scaler.clock()):
                 continue
-            services, deployments, problems = snapshot(*indices())
+            services, deployments, problems = watched.snapshot()
             report = await scaler.tick(services, deployments, problems)
             log.debug("tick: %d service(s), %d decided, %d status write(s), %d scale(s), %.2f s",
                       report.services, report.decided, report.status_writes, report.scales, report.seconds)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -23,7 +22,7 @@ from tokenscale import settings as settings_module
 from tokenscale.api import GROUP, PLURAL, VERSION, SpecError
 from tokenscale.build import conditions
 from tokenscale.build.labels import MANAGED_BY, SERVICE_LABEL
-from tokenscale.build.pods import PodHealth, classify_pod
+from tokenscale.build.pods import classify_pod
 from tokenscale.observability import OperatorMetrics
 from tokenscale.settings import Settings
 
@@ -65,45 +64,39 @@ def startup(memo: Any, **_: Any) -> None:
     memo.kube = reconcile.Kube.connect(_settings(memo))
 
 
-# --- watched state: kopf's indices, fed by its watch streams ------------------------------------
+# --- watched state: an informer-style cache fed by kopf's watch streams ---------------------------
+# (kopf's own @kopf.index would do, but kopf 1.45 makes every object of the initial listing wait for
+# all others with a toggle each: quadratic at start-up, minutes at 10,000 objects.)
 
 
-@kopf.index(GROUP, VERSION, PLURAL)
-async def tokenscale_services(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[Any, Any]:
+def _watched(memo: Any) -> autoscaler.WatchedState:
+    if getattr(memo, "watched", None) is None:
+        memo.watched = autoscaler.WatchedState()
+    return memo.watched
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def watch_services(event: dict[str, Any], body: kopf.Body, memo: Any, **_: Any) -> None:
     """Every InferenceService, as the slim view the tick needs."""
-    return {(namespace, name): autoscaler.service_view(body)}
+    _watched(memo).service_event(event.get("type"), body)
 
 
-@kopf.index("apps", "v1", "deployments", labels=MANAGED)
-async def tokenscale_deployments(body: kopf.Body, namespace: str, labels: Mapping[str, str],
-                                 **_: Any) -> dict[Any, Any]:
+@kopf.on.event("apps", "v1", "deployments", labels=MANAGED, id="watch_deployments")
+async def watch_deployments(event: dict[str, Any], body: kopf.Body, memo: Any, **_: Any) -> None:
     """Every serving Deployment: replicas, readiness, rollout, owner."""
-    service = labels.get(SERVICE_LABEL)
-    return {(namespace, service): autoscaler.deployment_view(body)} if service else {}
+    _watched(memo).deployment_event(event.get("type"), body)
 
 
-@kopf.index("v1", "services", labels=MANAGED)
-async def tokenscale_network_services(namespace: str, labels: Mapping[str, str], **_: Any) -> dict[Any, Any]:
-    """Which serving Services exist (from the watch the drift handler needs anyway)."""
-    service = labels.get(SERVICE_LABEL)
-    return {(namespace, service): True} if service else {}
+@kopf.on.event("v1", "services", labels=MANAGED, id="watch_network_services")
+async def watch_network_services(event: dict[str, Any], body: kopf.Body, memo: Any, **_: Any) -> None:
+    """Which serving Services exist."""
+    _watched(memo).network_service_event(event.get("type"), body)
 
 
-@kopf.index("v1", "pods", labels={SERVICE_LABEL: kopf.PRESENT})
-async def tokenscale_pod_problems(body: kopf.Body, namespace: str, labels: Mapping[str, str],
-                                  **_: Any) -> dict[Any, Any]:
-    """Only the serving pods that cannot start or cannot be scheduled (ready and loading pods: nothing)."""
-    problem = classify_pod(body)
-    return {(namespace, labels[SERVICE_LABEL]): problem} if problem is not None else {}
-
-
-def _pod_health(index: Any, namespace: str, name: str) -> PodHealth:
-    return PodHealth.of(list(index.get((namespace, name), ()))) if index is not None else PodHealth()
-
-
-def _watched_owner(index: Any, namespace: str, name: str) -> dict[str, Any] | None:
-    views = list(index.get((namespace, name), ())) if index is not None else []
-    return views[0].owner() if views else None
+@kopf.on.event("v1", "pods", labels={SERVICE_LABEL: kopf.PRESENT})
+async def watch_pods(event: dict[str, Any], body: kopf.Body, memo: Any, **_: Any) -> None:
+    """Only the serving pods that cannot start or cannot be scheduled are kept."""
+    _watched(memo).pod_event(event.get("type"), body, classify_pod(body))
 
 
 # --- InferenceServices ------------------------------------------------------------------------
@@ -112,8 +105,7 @@ def _watched_owner(index: Any, namespace: str, name: str) -> dict[str, Any] | No
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL)
-def serve(body: kopf.Body, reason: str, memo: Any, tokenscale_pod_problems: Any = None,
-          tokenscale_deployments: Any = None, tokenscale_network_services: Any = None, **_: Any) -> None:
+def serve(body: kopf.Body, reason: str, memo: Any, **_: Any) -> None:
     """Create or update the serving workload of an InferenceService."""
     owner = copy.deepcopy(dict(body))
     settings, kube = _settings(memo), _kube(memo)
@@ -127,14 +119,15 @@ def serve(body: kopf.Body, reason: str, memo: Any, tokenscale_pod_problems: Any 
         # fills its indices before any handler runs: no Deployment there means none exists yet.
         meta = owner["metadata"]
         key = (meta["namespace"], meta["name"])
-        seen = list(tokenscale_deployments.get(key, ())) if tokenscale_deployments is not None else None
-        # On a resume of a spec handled before whose Deployment and Service exist, the watch's
-        # ADDED events check those two for drift without a request.
+        watched_state = _watched(memo)
+        # On a resume of a spec handled before whose Deployment and Service are watched, the
+        # watch's events check those two for drift without a request.
         handled = (owner.get("status") or {}).get("observedGeneration") == meta.get("generation")
-        watched = seen[0] if reason == "resume" and seen and handled and tokenscale_network_services is not None \
-            and tokenscale_network_services.get(key) else None
-        outcome = reconcile.realise(kube, settings, owner, spec, new=reason == "create" or seen == [],
-                                    watched=watched)
+        deployment = watched_state.deployments.get(key)
+        watched = deployment if reason == "resume" and handled and deployment is not None \
+            and key in watched_state.network_services and key not in watched_state.unchecked else None
+        outcome = reconcile.realise(kube, settings, owner, spec, new=reason == "create", watched=watched)
+        watched_state.unchecked.discard(key)
     except reconcile.ForeignObjectError as error:
         _degrade(kube, body, owner, "NameConflict", str(error))
         raise kopf.TemporaryError(str(error), delay=CONFLICT_RETRY_DELAY) from None
@@ -143,7 +136,7 @@ def serve(body: kopf.Body, reason: str, memo: Any, tokenscale_pod_problems: Any 
         message = f"applying the serving workload failed: {reconcile.api_error_message(error)}"
         _degrade(kube, body, owner, "ApplyFailed", message)
         raise kopf.TemporaryError(message, delay=RETRY_DELAY) from None
-    health = _pod_health(tokenscale_pod_problems, meta["namespace"], meta["name"])
+    health = watched_state.pod_health(key)
     reconcile.write_status(kube, owner, reconcile.observed_status(settings, owner, spec, outcome.deployment, health),
                            trust_owner=True)
     _announce(body, outcome, verb={"create": "Created", "update": "Updated"}.get(reason, "Reconciled"))
@@ -173,26 +166,31 @@ def _announce(body: Any, outcome: reconcile.Outcome, verb: str) -> None:
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
-def deployment_changed(event: dict[str, Any], body: kopf.Body, memo: Any, tokenscale_services: Any = None,
-                       tokenscale_pod_problems: Any = None, **_: Any) -> None:
+def deployment_changed(event: dict[str, Any], body: kopf.Body, memo: Any, **_: Any) -> None:
     """A serving Deployment changed (rollout progress, hand edits, deletion): repair, report."""
-    _child_changed(event, body, memo, tokenscale_services, tokenscale_pod_problems)
+    _child_changed(event, body, memo)
 
 
 @kopf.on.event("v1", "services", labels=MANAGED)
-def service_changed(event: dict[str, Any], body: kopf.Body, memo: Any, tokenscale_services: Any = None,
-                    **_: Any) -> None:
-    _child_changed(event, body, memo, tokenscale_services, None)
+def service_changed(event: dict[str, Any], body: kopf.Body, memo: Any, **_: Any) -> None:
+    _child_changed(event, body, memo)
 
 
-def _child_changed(event: dict[str, Any], body: kopf.Body, memo: Any, services: Any, problems: Any) -> None:
+def _child_changed(event: dict[str, Any], body: kopf.Body, memo: Any) -> None:
     """Compare the watched child with what its owner wants (no request); repair only on drift."""
     name, namespace = body.metadata.labels.get(SERVICE_LABEL), body.metadata.namespace
     if not name or not namespace:
         return
     settings, kube = _settings(memo), _kube(memo)
-    owner = _watched_owner(services, namespace, name)
-    if owner is None:  # not in the index yet (start-up): ask the API server
+    watched_state = _watched(memo)
+    view = watched_state.services.get((namespace, name))
+    owner = view.owner() if view is not None else None
+    if owner is None:
+        if event.get("type") != "DELETED":
+            # Start-up: the owner is not in the cache yet. Its resume handler reads and repairs
+            # the children itself (no watched shortcut for it), so no read here.
+            watched_state.unchecked.add((namespace, name))
+            return
         owner = reconcile.read_service(kube, namespace, name)
     if owner is None or owner["metadata"].get("deletionTimestamp"):
         return  # the service is going away; garbage collection takes the children
@@ -205,7 +203,7 @@ def _child_changed(event: dict[str, Any], body: kopf.Body, memo: Any, services: 
         return  # reported as Degraded by `serve`, which retries
     deleted = event.get("type") == "DELETED"
     kind = body.get("kind", "")
-    live = copy.deepcopy(dict(body))
+    live = dict(body)  # read only
     replicas = (live.get("spec") or {}).get("replicas") if kind == "Deployment" else None
     wanted = reconcile.desired_children(settings, owner, spec, replicas)
     desired = wanted.deployment if kind == "Deployment" else wanted.service
@@ -227,7 +225,7 @@ def _child_changed(event: dict[str, Any], body: kopf.Body, memo: Any, services: 
     elif kind != "Deployment" or event.get("type") == "ADDED":
         return  # nothing to repair; a new Deployment's status is the tick's (or `serve`'s) to write
     if deployment is not None:
-        health = _pod_health(problems, namespace, name)
+        health = watched_state.pod_health((namespace, name))
         reconcile.write_status(kube, owner, reconcile.observed_status(settings, owner, spec, deployment, health),
                                trust_owner=True)
 
@@ -236,9 +234,8 @@ def _child_changed(event: dict[str, Any], body: kopf.Body, memo: Any, services: 
 
 
 @kopf.on.startup()
-async def start_autoscaler(memo: Any, tokenscale_services: Any, tokenscale_deployments: Any,
-                           tokenscale_pod_problems: Any, **_: Any) -> None:
-    """One Autoscaler and one tick loop for all objects, reading kopf's live indices. (kopf gives each
+async def start_autoscaler(memo: Any, **_: Any) -> None:
+    """One Autoscaler and one tick loop for all objects, reading the watched state. (kopf gives each
     handler a shallow copy of this memo: what is set here is shared, what a handler sets is not.)"""
     settings = _settings(memo)
     metrics = OperatorMetrics()
@@ -250,10 +247,8 @@ async def start_autoscaler(memo: Any, tokenscale_services: Any, tokenscale_deplo
     scaler = autoscaler.Autoscaler(_kube(memo), settings, metrics=metrics)
     scaler.routes = activation.routes(memo)  # the activator's slice precedes a scale to zero
     stopped = asyncio.Event()
-    indices = (tokenscale_services, tokenscale_deployments, tokenscale_pod_problems)
     memo.autoscaler, memo.autoscaler_stopped = scaler, stopped
-    # Created from this handler, the task keeps kopf's context (its Event poster is found there).
-    memo.autoscaler_task = asyncio.create_task(autoscaler.run(scaler, lambda: indices, stopped),
+    memo.autoscaler_task = asyncio.create_task(autoscaler.run(scaler, _watched(memo), stopped),
                                                name="tokenscale autoscaler")
 
 

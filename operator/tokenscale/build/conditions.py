@@ -7,7 +7,6 @@ autoscaler adds MetricsAvailable / ScalingActive / ScalingLimited through the sa
 
 from __future__ import annotations
 
-import copy
 import datetime
 from typing import Any
 
@@ -43,7 +42,7 @@ def set_condition(conditions: list[dict[str, Any]] | None, kind: str, status: bo
                   at: str | None = None) -> list[dict[str, Any]]:
     """A new list with `kind` set; the order of the others is kept."""
     text = status if isinstance(status, str) else ("True" if status else "False")
-    result = [copy.deepcopy(c) for c in conditions or []]
+    result = [dict(c) for c in conditions or []]  # flat dicts of strings: a shallow copy is a copy
     old = get_condition(result, kind)
     new: dict[str, Any] = {"type": kind, "status": text, "reason": reason, "message": message}
     if observed_generation is not None:
@@ -63,13 +62,13 @@ def merge_conditions(current: list[dict[str, Any]] | None,
                      updates: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
     """`current` with each condition in `updates` replacing the one of its type (others kept),
     so writers of different conditions (reconciler, autoscaler) never drop each other's."""
-    result = [copy.deepcopy(c) for c in current or []]
+    result = [dict(c) for c in current or []]
     for update in updates or []:
         old = get_condition(result, update.get("type", ""))
         if old is None:
-            result.append(copy.deepcopy(update))
+            result.append(dict(update))
         else:
-            result[result.index(old)] = copy.deepcopy(update)
+            result[result.index(old)] = dict(update)
     return result
 
 

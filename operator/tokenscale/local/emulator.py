@@ -47,6 +47,7 @@ import yaml
 
 from tokenscale.api import GROUP, KIND, PLURAL, SHORT_NAMES, VERSION
 
+CONTROL_PATH = "/tokenscale-emulator"  # the harness's endpoints: latency, request counts
 HISTORY_PER_OBJECT = 20  # versions kept per object (kmock keeps all; a long demo would grow)
 EVENT_HISTORY = 5000  # watch events kept for resuming watches from a resourceVersion
 # A long demo makes hundreds of thousands of requests: keep the most recent ones only.
@@ -285,6 +286,7 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
     _log: list[RequestRecord] = attrs.field(factory=list, init=False)
     # A real API server answers in tens of milliseconds: each request (a watch: its start) waits
     # latency + uniform(0, jitter) seconds. 0 for tests; the benchmark sets 20 ms.
+    _served: int = attrs.field(default=0, init=False)  # requests recorded, ever (the log is trimmed)
     latency: float = attrs.field(default=0.0)
     jitter: float = attrs.field(default=0.0)
     # (verb, plural) -> the refusal those requests get, e.g. ("create", "services").
@@ -322,6 +324,8 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
     # --- dispatch -------------------------------------------------------------------------
 
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        if raw_request.path.startswith(CONTROL_PATH):
+            return await self._control(raw_request)
         if self.latency or self.jitter:
             await asyncio.sleep(self.latency + random.uniform(0.0, self.jitter))
         # kmock cannot parse /api/v1/namespaces[/NAME] (it answers 500): build the request here.
@@ -349,6 +353,22 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
         except Exception as error:  # as kmock does: report, do not crash the server
             return await self._render_error(error)
 
+    async def _control(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        """The harness's own endpoints (no Kubernetes API has them): set the latency; count requests."""
+        if raw_request.path == f"{CONTROL_PATH}/latency" and raw_request.method == "PUT":
+            wanted = await raw_request.json()
+            self.latency, self.jitter = float(wanted.get("latency", 0.0)), float(wanted.get("jitter", 0.0))
+            return aiohttp.web.json_response({"latency": self.latency, "jitter": self.jitter})
+        if raw_request.path == f"{CONTROL_PATH}/requests":
+            agent = raw_request.query.get("userAgent", "")
+            counts: collections.Counter[str] = collections.Counter()
+            for record in self._log:
+                if agent and agent not in record.user_agent:
+                    continue
+                counts[f"{record.verb} {record.resource}{'/' + record.subresource if record.subresource else ''}"] += 1
+            return aiohttp.web.json_response({"total": self._served, "counts": dict(counts)})
+        return aiohttp.web.json_response({"message": "not found"}, status=404)
+
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         resource = request.resource
         if resource is not None and not resource.plural and resource.version and request.url.path.endswith("/"):
@@ -370,6 +390,7 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
         return response
 
     def _record(self, request: kmock.Request, status: int) -> None:
+        self._served += 1
         if len(self._requests) > REQUESTS_KEPT:
             del self._requests[: len(self._requests) - REQUESTS_KEPT // 2]
         if len(self._log) > REQUEST_LOG_KEPT:
@@ -837,3 +858,28 @@ class RunningEmulator:
 def serve(emulator: KubernetesEmulator | None = None, host: str = "127.0.0.1", port: int = 0) -> RunningEmulator:
     """Start an emulator in a background thread; stop it with `.stop()` (or use it as a context)."""
     return RunningEmulator(emulator, host, port).start()
+
+
+def _control_url(kubeconfig: str | Path) -> str:
+    config = yaml.safe_load(Path(kubeconfig).read_text())
+    return config["clusters"][0]["cluster"]["server"] + CONTROL_PATH
+
+
+def set_latency(kubeconfig: str | Path, latency: float, jitter: float = 0.0) -> None:
+    """Set the per-request latency of an emulator (in this process or another) by its kubeconfig."""
+    import urllib.request
+
+    request = urllib.request.Request(f"{_control_url(kubeconfig)}/latency", method="PUT",
+                                     data=json.dumps({"latency": latency, "jitter": jitter}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(request, timeout=10).read()
+
+
+def request_counts(kubeconfig: str | Path, user_agent: str = "") -> dict[str, Any]:
+    """{"total": requests served ever, "counts": {"verb resource[/sub]": n}} (counts: the kept log)."""
+    import urllib.parse
+    import urllib.request
+
+    query = f"?userAgent={urllib.parse.quote(user_agent)}" if user_agent else ""
+    with urllib.request.urlopen(f"{_control_url(kubeconfig)}/requests{query}", timeout=30) as response:
+        return json.loads(response.read())

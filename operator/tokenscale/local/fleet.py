@@ -99,3 +99,69 @@ class FleetExporter:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+# --- a fleet that exists already ---------------------------------------------------------------
+
+
+def fleet_names(count: int, namespaces: int = 10) -> list[tuple[str, str]]:
+    return [(f"team-{index % namespaces}", f"svc-{index}") for index in range(count)]
+
+
+def seed(kubeconfig: str, names: list[tuple[str, str]], spec: dict, *, threads: int = 16,
+         settings=None) -> None:
+    """Create InferenceServices as an operator would have left them: children created and ready,
+    status observed, kopf's record of the handled spec in place, so that an operator starting on
+    them resumes (as after a restart or an upgrade) instead of creating them anew."""
+    import json
+    from concurrent.futures import ThreadPoolExecutor
+
+    import kopf
+    import kubernetes
+
+    from tokenscale import reconcile
+    from tokenscale.api import API_VERSION, GROUP, KIND, PLURAL, VERSION, parse_spec
+    from tokenscale.commands.run import kopf_settings
+    from tokenscale.settings import Settings
+
+    settings = settings or Settings(kubeconfig=kubeconfig)
+    storage = kopf_settings(settings).persistence.diffbase_storage
+    api = kubernetes.config.new_client_from_config(config_file=kubeconfig)
+    api.configuration.connection_pool_maxsize = threads * 2
+    custom, apps = kubernetes.client.CustomObjectsApi(api), kubernetes.client.AppsV1Api(api)
+    core, policy = kubernetes.client.CoreV1Api(api), kubernetes.client.PolicyV1Api(api)
+    parsed = parse_spec(spec)
+
+    def one(key: tuple[str, str]) -> None:
+        namespace, name = key
+        body = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": name, "namespace": namespace},
+                "spec": spec}
+        owner = json.loads(custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body,
+                                                                  _preload_content=False).data)
+        patch = kopf.Patch()
+        storage.store(body=kopf.Body(owner), patch=patch, essence=storage.build(body=kopf.Body(owner)))
+        owner = json.loads(custom.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name, {"metadata": {"annotations": dict(patch["metadata"]["annotations"])}},
+            _preload_content=False).data)
+        wanted = reconcile.desired_children(settings, owner, parsed, None)
+        reference = [reconcile.owner_reference(owner)]
+        created = {}
+        for child in (wanted.deployment, wanted.service, wanted.pod_disruption_budget):
+            if child is None:
+                continue
+            child = {**child, "metadata": {**child["metadata"], "ownerReferences": reference}}
+            create = {"Deployment": apps.create_namespaced_deployment, "Service": core.create_namespaced_service,
+                      "PodDisruptionBudget": policy.create_namespaced_pod_disruption_budget}[child["kind"]]
+            created[child["kind"]] = json.loads(create(namespace, child, _preload_content=False).data)
+        deployment = created["Deployment"]
+        replicas = deployment["spec"]["replicas"]
+        deployment = json.loads(apps.patch_namespaced_deployment_status(name, namespace, {"status": {
+            "observedGeneration": deployment["metadata"]["generation"], "replicas": replicas,
+            "updatedReplicas": replicas, "readyReplicas": replicas, "availableReplicas": replicas}},
+            _preload_content=False).data)
+        status = reconcile.observed_status(settings, owner, parsed, deployment)
+        custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, {"status": status},
+                                                     _preload_content=False)
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(one, names))
