@@ -43,6 +43,7 @@ from tokenscale.api import (
 )
 from tokenscale.build import selector_string
 from tokenscale.build.pods import PodHealth, PodProblem
+from tokenscale.build.routing import with_activation
 from tokenscale.build.tickplan import (
     PlanSettings,
     TickInput,
@@ -137,6 +138,7 @@ class _Job:
     decision: Decision | None
     memory: _Memory
     deployment_version: str = ""  # the Deployment's resourceVersion the decision saw
+    spec: InferenceServiceSpec | None = None
 
 
 class Autoscaler:
@@ -164,6 +166,7 @@ class Autoscaler:
         self._outage: str | None = None
         self._pending: set[asyncio.Task] = set()
         self.last_report: TickReport | None = None
+        self.routes: Any = None  # activation.Routes: set by the operator's startup (scale from zero)
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -260,7 +263,9 @@ class Autoscaler:
             history = memory.history
             if history is None:
                 history = history_from_status(parse_status(dict(view.status)).autoscaler)
-            decision = decide(signals if unavailable is None else Signals(), spec.autoscaling, replicas, history, now)
+            observed = with_activation(signals if unavailable is None else Signals(), spec,
+                                       view.activation_requested_at, now)
+            decision = decide(observed, spec.autoscaling, replicas, history, now)
         owner = view.owner()
         plan = plan_tick(TickInput(
             name=view.name, namespace=view.namespace, generation=view.generation, spec=spec, status=view.status,
@@ -277,7 +282,7 @@ class Autoscaler:
                 queue_depth=signals.queue_depth, limited_by=decision.limited_by, scaled=None)
         else:
             self.metrics.forget(view.namespace, view.name)
-        return _Job(view=view, plan=plan, decision=decision, memory=memory,
+        return _Job(view=view, plan=plan, decision=decision, memory=memory, spec=spec,
                     deployment_version=deployment["metadata"]["resourceVersion"])
 
     # --- act --------------------------------------------------------------------------------------
@@ -296,7 +301,7 @@ class Autoscaler:
         assert self.kube is not None
         try:
             scaled = False
-            if plan.scale_to is not None:
+            if plan.scale_to is not None and await self._may_scale(job):
                 scaled = await self._scale(job, report)
             patch = plan.status_patch
             if patch is not None and plan.scale_to is not None and not scaled:
@@ -344,6 +349,18 @@ class Autoscaler:
         await self._request(report, "POST", f"/api/v1/namespaces/{view.namespace}/events", body,
                             content_type="application/json")
         report.events += 1
+
+    async def _may_scale(self, job: _Job) -> bool:
+        """Before the last replica is asked to stop, the service's traffic is routed to the activator
+        (activation.Routes); when that cannot be done it stays at one replica this tick."""
+        if job.plan.scale_to != 0 or self.routes is None or job.spec is None:
+            return True
+        loop = asyncio.get_running_loop()
+        ready = await loop.run_in_executor(self.pool, self.routes.before_scale_to_zero, job.view.owner(), job.spec)
+        if not ready:
+            log.warning("not scaling %s/%s to zero: no ready activator pod to route its requests to",
+                        job.view.namespace, job.view.name)
+        return ready
 
     async def _scale(self, job: _Job, report: TickReport) -> bool:
         """Set the Deployment's replicas at the resourceVersion the decision saw (409: it moved on)."""

@@ -17,7 +17,7 @@ from typing import Any
 import kopf
 import kubernetes
 
-from tokenscale import autoscaler, reconcile
+from tokenscale import activation, autoscaler, reconcile
 from tokenscale import settings as settings_module
 from tokenscale.api import GROUP, PLURAL, VERSION, SpecError
 from tokenscale.build import conditions
@@ -246,6 +246,7 @@ async def start_autoscaler(memo: Any, **_: Any) -> None:
         if bound:
             autoscaler.log.info("serving the operator's metrics on http://%s:%d/metrics", *bound)
     scaler = autoscaler.Autoscaler(_kube(memo), settings, metrics=metrics)
+    scaler.routes = activation.routes(memo)  # the activator's slice precedes a scale to zero
     stopped = asyncio.Event()
     memo.autoscaler, memo.autoscaler_stopped = scaler, stopped
     memo.autoscaler_task = asyncio.create_task(autoscaler.run(scaler, _watched(memo), stopped),

@@ -15,6 +15,7 @@ from typing import Any
 from tokenscale.api import API_VERSION, KIND
 from tokenscale.build import SERVICE_LABEL
 from tokenscale.build.pods import PodHealth, PodProblem
+from tokenscale.build.routing import activation_requested_at
 
 ServiceKey = tuple[str, str]  # (namespace, name)
 
@@ -31,6 +32,7 @@ class ServiceView:
     deleting: bool
     spec: Mapping[str, Any]
     status: Mapping[str, Any]
+    activation_requested_at: float | None = None  # the activator's wake-up stamp (build/routing.py)
 
     def owner(self) -> dict[str, Any]:
         """The object as the reconcile functions and Events take it."""
@@ -44,7 +46,8 @@ def service_view(body: Mapping[str, Any]) -> ServiceView:
     return ServiceView(namespace=meta.get("namespace", ""), name=meta.get("name", ""), uid=meta.get("uid", ""),
                        generation=meta.get("generation"), resource_version=str(meta.get("resourceVersion", "")),
                        deleting=bool(meta.get("deletionTimestamp")), spec=_plain(body.get("spec") or {}),
-                       status=_plain(body.get("status") or {}))
+                       status=_plain(body.get("status") or {}),
+                       activation_requested_at=activation_requested_at(meta.get("annotations")))
 
 
 DeploymentView = dict  # {"metadata": {...}, "spec": {"replicas"}, "status": {...}}: what workload_status reads
