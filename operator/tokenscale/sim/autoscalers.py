@@ -17,6 +17,7 @@ from .baselines import HorizontalPodAutoscaler, KnativeKPA, Oracle, StaticReplic
 
 TOKENSCALE_TICK_S = 15.0  # the operator's default --tick-seconds
 TTFT_QUANTILE = 0.9
+TTFT_SLO_QUANTILE = 0.99
 _SIGNAL_FIELDS = {f.name for f in dataclasses.fields(Signals)}
 
 
@@ -34,6 +35,7 @@ def signals_from(view, now: float) -> Signals:
         "running_requests": float(sample.running),
         "kv_cache_usage": sample.kv_usage,
         "ttft_p90_seconds": view.ttft_quantile(now, config.short_window_s, TTFT_QUANTILE),
+        "ttft_p99_seconds": view.ttft_quantile(now, config.short_window_s, TTFT_SLO_QUANTILE),
         "sample_age_seconds": now - sample.time,
         "ready_pods_reporting": sample.pods_reporting,
     }
