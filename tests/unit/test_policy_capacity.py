@@ -45,7 +45,11 @@ def sig(per_replica: float, ready: int, *, ttft: float | None, queue: float = 0.
     return Signals(**values)
 
 
-def observe(state, signals, spec, *, ready=4, now=1000.0, growth=0.0):
+def observe(state, signals, spec, *, ready=4, now=1000.0, growth=0.0, held=True):
+    """One observation; `held`: the same signals a rate window (60 s) earlier too, so its kind has held."""
+    if held:
+        state = learner.observe(state, signals, spec, ready=ready, settle_seconds=60, queue_growth=growth,
+                                now=now - 60)
     return learner.observe(state, signals, spec, ready=ready, settle_seconds=60, queue_growth=growth, now=now)
 
 
@@ -106,10 +110,26 @@ def test_after_the_ready_count_falls_rates_settle_first():
     """The short rate window still holds the output of pods that left: per-replica rates read high."""
     spec = learned_spec()
     state = observe(None, sig(900, 4, ttft=0.5), spec, ready=4, now=1000)
-    state = observe(state, sig(1200, 3, ttft=0.5), spec, ready=3, now=1015)
+    assert state.lower == 900.0
+    state = observe(state, sig(1200, 3, ttft=0.5), spec, ready=3, now=1015, held=False)
     assert state.lower == 900.0 and state.ready_fell_at == 1015
-    state = observe(state, sig(1200, 3, ttft=0.5), spec, ready=3, now=1080)
+    state = observe(state, sig(1200, 3, ttft=0.5), spec, ready=3, now=1080, held=False)
     assert state.lower == pytest.approx(1200.0)
+
+
+def test_an_observation_counts_once_its_kind_held_a_rate_window():
+    """A burst's first minute reads the calm before it at 1-minute rates: overload counts after half a
+    window of it, comfort after a whole one."""
+    spec = learned_spec()
+    state = observe(None, sig(600, 4, ttft=2.5, queue=8), spec, now=1000, held=False)
+    assert state.samples == 0 and state.regime == "upper"
+    state = observe(state, sig(900, 4, ttft=2.5, queue=8), spec, now=1030, held=False)
+    assert (state.samples, state.upper) == (1, 900.0)
+    state = observe(state, sig(700, 4, ttft=0.3), spec, now=1045, held=False)
+    state = observe(state, sig(700, 4, ttft=0.3), spec, now=1090, held=False)
+    assert state.lower is None and state.regime == "lower"
+    state = observe(state, sig(700, 4, ttft=0.3), spec, now=1105, held=False)
+    assert state.lower == 700.0
 
 
 def test_aim_brackets_the_evidence():
@@ -145,16 +165,19 @@ def test_a_comfortable_observation_above_an_upper_bound_replaces_it():
 def test_spec_until_confident_then_learned_at_a_bounded_pace():
     spec = learned_spec(start=1000)
     history = History()
-    for tick in range(MIN_SAMPLES - 1):
+    held = 4  # comfort counts once it has held a rate window (60 s at 15 s ticks)
+    for tick in range(held + MIN_SAMPLES - 1):
         decision = decide(sig(900, 4, ttft=0.3), spec, ReplicaState(4, 4), history, 1000 + 15 * tick)
         history = decision.history
         assert decision.capacity_source == "spec" and decision.capacity_per_replica == 1000
     assert "learned capacity is confident" in decision.reason
-    decision = decide(sig(900, 4, ttft=0.3), spec, ReplicaState(4, 4), history, 1000 + 15 * (MIN_SAMPLES - 1))
+    decision = decide(sig(900, 4, ttft=0.3), spec, ReplicaState(4, 4), history, 1000 + 15 * (held + MIN_SAMPLES - 1))
     assert decision.capacity_source == "learned"
-    # from the spec's 1,000 towards 900 x 1.25, by at most 4x an hour pro rata: 15 s of it
-    assert decision.capacity_per_replica == pytest.approx(1000 * 4 ** (15 / 3600))
-    assert "(learned)" in decision.reason
+    # comfortable near the capacity in use: up from where the spec left it, by at most 8x an hour pro rata
+    assert decision.capacity_per_replica == pytest.approx(1000 * 8 ** (15 / 3600))
+    estimate = decision.history.capacity.estimate
+    assert decision.capacity_per_replica == pytest.approx(estimate * learner.LEARNED_UTILISATION)
+    assert f"learned: {estimate:,.0f} tok/s at the SLO, used at 90%" in decision.reason
     assert history_to_status(decision.history).capacity.confidence == 1.0
 
 
@@ -195,7 +218,7 @@ BROKEN = st.sampled_from([
     {"tokens_per_second": None},
     {"queue_depth": None},
     {"queue_depth": math.nan},
-    {"ready_pods_reporting": 2},
+    {"ready_pods_reporting": "one missing"},
     {"sample_age_seconds": math.nan},
 ])
 
@@ -222,6 +245,8 @@ def test_missing_data_teaches_nothing_and_decides_as_the_spec_would(state, broke
     ready = min(current, 4)
     values = dataclasses.asdict(sig(load * 1000, ready, ttft=ttft, queue=queue))
     values.update(broken)
+    if values["ready_pods_reporting"] == "one missing":
+        values["ready_pods_reporting"] = ready - 1
     signals = Signals(**values)
     history = History(capacity=dataclasses.replace(state, ready=ready))
     decision = decide(signals, spec, ReplicaState(current, ready), history, 1000.0)
@@ -259,7 +284,7 @@ def test_the_change_per_hour_is_bounded(rows, rate, start):
     for gap, per_replica, ttft, queue, ready in rows:
         now += gap
         state = observe(state, sig(per_replica, ready, ttft=ttft, queue=queue), spec, ready=ready, now=now,
-                        growth=queue)
+                        growth=queue, held=False)
         after = learner.in_use(spec, state).tokens_per_second
         allowed = rate ** (min(gap, learner.MAX_STEP_SECONDS) / 3600)
         assert after <= used * allowed * (1 + 1e-9) and after >= used / allowed * (1 - 1e-9)
@@ -269,10 +294,11 @@ def test_the_change_per_hour_is_bounded(rows, rate, start):
 # --- convergence on replicas of known capacity -------------------------------------------------------
 
 
-def synthetic_run(capacity: float, start: float, *, seed: int, hours: float = 2.5, startup_ticks: int = 0):
+def synthetic_run(capacity: float, start: float, *, seed: int, hours: float = 3.5, startup_ticks: int = 4):
     """decide() against replicas whose TTFT p99 meets the 2 s target exactly at `capacity` tokens/s
     (it grows as the 6th power of the load), that saturate at 1.25x it, and whose queue builds above
-    0.95x it; demand swings between 2 and 10 replicas' worth over an hour, with 5% noise."""
+    0.95x it; new replicas are ready `startup_ticks` of 15 s later; demand swings between 2 and 10
+    replicas' worth over an hour, with 5% noise."""
     rng = random.Random(seed)
     spec = learned_spec(start=start * capacity)
     history, now = History(), 0.0
@@ -300,18 +326,19 @@ def synthetic_run(capacity: float, start: float, *, seed: int, hours: float = 2.
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(capacity=st.floats(200, 5000), start=st.sampled_from([0.5, 2.0]), seed=st.integers(0, 10_000))
 def test_converges_on_replicas_of_known_capacity(capacity, start, seed):
-    """From a spec target half or twice the true capacity, the capacity in use is within 10% of it for
-    the whole last hour of 2.5."""
+    """From a spec target half or twice the true capacity, the capacity decisions use stays within
+    -15% / +10% of it for the whole last hour of 3.5 (decisions use 90% of the learned estimate: the
+    margin under the capacity is on purpose, what arrives while a replica starts needs it)."""
     used = synthetic_run(capacity, start, seed=seed)
     last_hour = [share for now, share, source in used if now >= used[-1][0] - 3600]
-    assert all(abs(share - 1) <= 0.1 for share in last_hour), (min(last_hour), max(last_hour))
+    assert all(0.85 <= share <= 1.1 for share in last_hour), (min(last_hour), max(last_hour))
     assert used[-1][2] == "learned"
 
 
 def test_converges_with_startup_delays():
     for start in (0.5, 2.0):
-        used = synthetic_run(1500.0, start, seed=1, startup_ticks=6)  # 90 s
-        assert abs(used[-1][1] - 1) <= 0.1, (start, used[-1])
+        used = synthetic_run(1500.0, start, seed=1, startup_ticks=8)  # 120 s
+        assert 0.85 <= used[-1][1] <= 1.1, (start, used[-1])
 
 
 # --- the round trip through status ----------------------------------------------------------------

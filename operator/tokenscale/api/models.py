@@ -322,10 +322,11 @@ class CapacitySpec(_Model):
         "targetTokensPerSecondPerReplica until the estimate is confident (status.autoscaler.capacity).",
     )
     max_change_per_hour: float = Field(
-        default=4.0,
+        default=8.0,
         ge=1.1,
         le=100,
-        description="Learned: the estimate changes by at most this factor per hour, up or down.",
+        description="Learned: the estimate changes by at most this factor per hour, up or down (8: at "
+        "most doubling or halving in 20 minutes).",
     )
 
 
@@ -599,7 +600,8 @@ class DemandSample(_Status):
 
 class LearnedCapacity(_Status):
     tokens_per_second_per_replica: float | None = Field(
-        default=None, description="The learned capacity per replica in use (none until confident)."
+        default=None,
+        description="The learned capacity per replica at the SLO (none until confident); decisions use 90% of it.",
     )
     samples: int = Field(default=0, description="Observations that bounded the capacity so far.")
     confidence: float = Field(default=0.0, description="0..1: samples against those needed before use.")

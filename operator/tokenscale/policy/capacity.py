@@ -31,11 +31,16 @@ from .types import Signals
 
 COMFORT_TTFT_SHARE = 0.5  # TTFT under half its target (with no queue) is an unsaturated observation
 UPPER_MARGIN = 0.95  # aim this far under the lowest throughput seen over the SLO
+# Decisions use the learned capacity at this share: like a target utilisation, it leaves room for
+# the load that arrives while a new replica starts (the spec's target is typed with that in mind).
+LEARNED_UTILISATION = 0.9
 PROBE = 0.25  # with no overload seen, aim this far above the highest comfortable throughput
 MIN_SAMPLES = 12  # informative observations before the estimate is used (3 minutes at a 15 s tick)
 BOUND_RELAX_PER_HOUR = 1.1  # an upper bound rises, a lower bound falls, by this factor per hour of age
 MAX_STEP_SECONDS = 60.0  # a gap between updates (an outage) grants at most this much movement
 MIN_LOAD_SHARE = 0.5  # comfortable load below this share of the capacity in use says nothing new
+PROBE_NEAR = 0.85  # comfortable at this share of the capacity in use: probe above it (hysteresis may
+# keep a few replicas this far under their target for good)
 CAPACITY_FLOOR = 1e-3  # tokens/s: the estimate never reaches zero
 
 # the quantiles the operator reads (one query each for all services), by the SLO percentiles they serve
@@ -46,7 +51,7 @@ TTFT_QUANTILE_SIGNALS = ((90.0, "ttft_p90_seconds"), (99.0, "ttft_p99_seconds"))
 class CapacityState:
     """The learner's memory, kept in status.autoscaler.capacity (so a restart resumes it)."""
 
-    estimate: float | None = None  # learned tokens/s per replica in use; None until confident
+    estimate: float | None = None  # learned tokens/s per replica at the SLO; None until confident
     lower: float | None = None  # highest comfortable tokens/s per replica seen (aged)
     lower_time: float | None = None
     upper: float | None = None  # lowest tokens/s per replica seen at or over the SLO (aged)
@@ -60,6 +65,11 @@ class CapacityState:
     # bound stays true). After a rise it under-states it: no upper bound from it for a while.
     ready_fell_at: float | None = None
     ready_rose_at: float | None = None
+    # What the last readable ticks showed ("upper", "lower" or None) and since when: an observation
+    # counts once its kind has held for a rate window, so the rate is the regime's own (a burst's
+    # first minute reads the calm before it at 1-minute rates; its end reads the burst).
+    regime: str | None = None
+    regime_since: float | None = None
 
     @property
     def confidence(self) -> float:
@@ -75,8 +85,8 @@ class Capacity:
     state: CapacityState | None = None  # None: the spec is configured (source Spec)
 
     def explain(self) -> str:
-        if self.source == "learned":
-            return "learned"
+        if self.source == "learned" and self.state is not None and self.state.estimate is not None:
+            return f"learned: {self.state.estimate:,.0f} tok/s at the SLO, used at {LEARNED_UTILISATION:.0%}"
         if self.state is None:
             return "spec"
         return (f"spec until the learned capacity is confident: {self.state.samples} of {MIN_SAMPLES} "
@@ -94,7 +104,7 @@ def in_use(spec: AutoscalingSpec, state: CapacityState | None) -> Capacity:
         return Capacity(typed, "spec")
     state = state or CapacityState()
     if state.estimate is not None:
-        return Capacity(state.estimate, "learned", state)
+        return Capacity(state.estimate * LEARNED_UTILISATION, "learned", state)
     return Capacity(typed, "spec", state)
 
 
@@ -135,7 +145,11 @@ def observe(
     if not _readable(signals, spec, ready):
         return dataclasses.replace(state, updated_at=now)  # missing or broken data: it neither learns nor moves
     observation = _classify(signals, spec, ready, queue_growth)
-    if observation is None:
+    kind = observation[0] if observation else None
+    if kind != state.regime or state.regime_since is None:
+        state = dataclasses.replace(state, regime=kind, regime_since=now)
+    held = now - state.regime_since
+    if observation is None or held < (settle_seconds if observation[0] == "lower" else settle_seconds / 2):
         return _move(state, spec, now)
     kind, per_replica = observation
     changed_at = state.ready_fell_at if kind == "lower" else state.ready_rose_at
@@ -161,7 +175,8 @@ def observe(
             lower, lower_time = None, None
     state = dataclasses.replace(state, lower=lower, lower_time=lower_time, upper=upper, upper_time=upper_time,
                                 samples=state.samples + 1)
-    return _move(state, spec, now)
+    near = kind == "lower" and per_replica >= PROBE_NEAR * in_use(spec, state).tokens_per_second
+    return _move(state, spec, now, comfortable=near)
 
 
 def _readable(signals: Signals, spec: AutoscalingSpec, ready: int) -> bool:
@@ -192,8 +207,11 @@ def _classify(signals: Signals, spec: AutoscalingSpec, ready: int, queue_growth:
     running = number(signals.running_requests)
     itl = running / tokens if running is not None and running > 0 else None  # a step gives each sequence a token
     per_replica = tokens / ready
+    # A queue that drains means capacity caught up: queues are per pod, so new replicas may idle
+    # beside old ones' backlogs, and the mean per replica then says nothing of a saturated one.
+    draining = queue_growth < 0
     queue_high = queue > spec.target_queue_depth_per_replica * ready and queue_growth > 0
-    over = (ttft >= slo.ttft_seconds and (queue >= 1 or kv_full)) or queue_high or (
+    over = (ttft >= slo.ttft_seconds and (queue >= 1 or kv_full) and not draining) or queue_high or (
         slo.itl_seconds is not None and itl is not None and itl >= slo.itl_seconds)
     if over:
         return "upper", per_replica
@@ -219,28 +237,34 @@ def _aged_lower(state: CapacityState, now: float) -> float | None:
     return state.lower / _relax((now - state.lower_time) / 3600)
 
 
-def aim(state: CapacityState, now: float, current: float) -> float | None:
+def aim(state: CapacityState, now: float, current: float, *, comfortable: bool = False) -> float | None:
     """Where the evidence moves an estimate now at `current`: up to at least the probe above the lower
-    bound, down to at most the margin under the upper bound (or to the lower bound, when comfort was
-    seen closer to the upper bound than the margin); inside that bracket it stays. None: no evidence."""
+    bound (above `current` itself while the replicas are comfortable at a load near the capacity in
+    use: the policy's hysteresis may keep them from ever reaching the lower bound's probe), down to
+    at most the margin under the upper bound (or to the lower bound, when comfort was seen closer to
+    the upper bound than the margin); inside that bracket it stays. None: no evidence."""
     lower, upper = _aged_lower(state, now), _aged_upper(state, now)
     if lower is None and upper is None:
         return None
     target = current if lower is None else max(current, lower * (1 + PROBE))
+    if comfortable:
+        target = max(target, current * (1 + PROBE))
     if upper is not None:
         target = min(target, max(upper * UPPER_MARGIN, lower or 0.0))
     return target
 
 
-def _move(state: CapacityState, spec: AutoscalingSpec, now: float) -> CapacityState:
+def _move(state: CapacityState, spec: AutoscalingSpec, now: float, *, comfortable: bool = False) -> CapacityState:
     """Move the estimate towards the aim by at most maxChangePerHour (pro rata, gaps capped), once
     confident; before that the estimate is not in use, except downwards under an upper bound: replicas
     seen over the SLO below the spec's target need no more evidence to be given more help."""
     assert spec.capacity is not None
     elapsed = 0.0 if state.updated_at is None else min(max(0.0, now - state.updated_at), MAX_STEP_SECONDS)
     state = dataclasses.replace(state, updated_at=now)
-    current = state.estimate if state.estimate is not None else spec.target_tokens_per_second_per_replica
-    target = aim(state, now, current)
+    # the estimate starts where the spec's target left the capacity in use, so that does not jump
+    typed = spec.target_tokens_per_second_per_replica / LEARNED_UTILISATION
+    current = state.estimate if state.estimate is not None else typed
+    target = aim(state, now, current, comfortable=comfortable)
     if target is None or (state.samples < MIN_SAMPLES and (state.upper is None or target >= current)):
         return state
     step = spec.capacity.max_change_per_hour ** (elapsed / 3600)

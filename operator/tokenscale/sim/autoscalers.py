@@ -66,6 +66,9 @@ class TokenscalePolicy:
         if spec.holds_burst_headroom:
             self.parameters["burst_headroom"] = round(spec.burst_headroom, 3)
             self.parameters["burst_baseline"] = str(spec.burst_baseline)
+        if spec.capacity is not None and spec.capacity.source == "Learned":
+            self.parameters["capacity_source"] = "Learned"
+        self.capacity_trace: list[tuple[float, float, str]] = []  # (time, capacity used, spec|learned)
 
     def initial_replicas(self, sim) -> int:
         return min(max(sim.warm_start_replicas(), self.spec.min_replicas, 1), self.spec.max_replicas)
@@ -77,6 +80,9 @@ class TokenscalePolicy:
         self.history = decision.history
         if decision.changed:
             self.decisions.append((now, decision))
+        if decision.capacity_per_replica is not None and "capacity_source" in self.parameters:
+            self.capacity_trace.append((now, decision.capacity_per_replica, decision.capacity_source))
+            self.parameters["learned_tokens_per_second_per_replica"] = round(decision.capacity_per_replica, 1)
         return decision.desired
 
 
