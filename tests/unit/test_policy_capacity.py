@@ -368,3 +368,23 @@ def test_a_restarted_operator_resumes_the_learner():
     status = history_to_status(history).model_dump(by_alias=True, mode="json")["capacity"]
     assert status["samples"] > MIN_SAMPLES and status["tokensPerSecondPerReplica"] is not None
     assert {"confidence", "lastMoved", "lowerBound", "upperBound"} <= set(status)
+
+
+def test_the_demo_learns_by_default():
+    """`tokenscale demo` without --target-tokens-per-second: its InferenceService learns the capacity,
+    and is valid both for the operator's models and for the CRD's schema and CEL rules."""
+    import pathlib
+
+    from tests.support.crdcheck import validate
+    from tokenscale.api.models import InferenceService
+    from tokenscale.commands import demo as command
+    from tokenscale.local.scenario import DemoConfig
+
+    parser = __import__("argparse").ArgumentParser()
+    command.add_arguments(parser)
+    assert parser.parse_args([]).target_tokens_per_second is None
+    service = DemoConfig(learned_capacity=True).inference_service(pathlib.Path("/models/tiny"))
+    parsed = InferenceService.model_validate(service)
+    assert str(parsed.spec.autoscaling.capacity.source) == "Learned" and parsed.spec.autoscaling.slo.ttft_seconds == 1.0
+    assert validate(service, crd()) == []
+    assert "capacity" not in DemoConfig().inference_service(pathlib.Path("/models/tiny"))["spec"]["autoscaling"]
