@@ -360,6 +360,8 @@ def test_a_restarted_operator_resumes_the_learner():
             decision = decide(sig(per_replica, current, ttft=ttft, queue=queue), spec,
                               ReplicaState(current, current), history, 1000.0 + 15 * tick)
             history, current = decision.history, decision.desired
+            stored = json.loads(json.dumps(history_to_status(history).model_dump(by_alias=True, mode="json")))
+            assert history_from_status(AutoscalerState.model_validate(stored)).capacity == history.capacity
             out.append((decision.desired, decision.capacity_per_replica, decision.reason))
         return out, history
 

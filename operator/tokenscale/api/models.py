@@ -618,6 +618,10 @@ class LearnedCapacity(_Status):
     ready: int | None = Field(default=None, description="Ready replicas at the last update.")
     ready_fell_at: float | None = Field(default=None, description="Unix time the ready count last fell.")
     ready_rose_at: float | None = Field(default=None, description="Unix time the ready count last rose.")
+    regime: str | None = Field(
+        default=None, description="What the last ticks showed: upper (near or over the SLO), lower (unsaturated)."
+    )
+    regime_since: float | None = Field(default=None, description="Unix time the regime began.")
 
 
 class AutoscalerState(_Status):

@@ -111,6 +111,8 @@ def _capacity_from_status(status: LearnedCapacity | None) -> CapacityState | Non
         ready=status.ready,
         ready_fell_at=status.ready_fell_at,
         ready_rose_at=status.ready_rose_at,
+        regime=status.regime if status.regime in ("upper", "lower") else None,
+        regime_since=status.regime_since,
     )
 
 
@@ -130,6 +132,8 @@ def _capacity_to_status(state: CapacityState | None) -> LearnedCapacity | None:
         ready=state.ready,
         ready_fell_at=state.ready_fell_at,
         ready_rose_at=state.ready_rose_at,
+        regime=state.regime,
+        regime_since=state.regime_since,
     )
 
 
