@@ -74,6 +74,7 @@ class Loop:
         self.children = Children()
         self.samples: list[Sample] = []
         self.status_decisions: list[dict[str, Any]] = []
+        self.learned_capacity: float | None = None  # status.autoscaler.capacity, as last read
         self._own_workdir = config.workdir is None
         self.workdir = Path(config.workdir or tempfile.mkdtemp(prefix="tokenscale-demo-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -299,6 +300,9 @@ class Loop:
             _prom_value(session, prom_url, f'sum({{__name__=~"vllm[:_]num_requests_running",{selector}}})'),
             self._service_status(session, api_url),
         )
+        learned = ((status.get("autoscaler") or {}).get("capacity") or {}).get("tokensPerSecondPerReplica")
+        if learned is not None:
+            self.learned_capacity = learned
         self._merge_decisions(status.get("decisions") or [])
         t = time.monotonic() - start
         window = [r for r in plan if t - 5.0 <= r.at < t]
@@ -397,6 +401,10 @@ class Loop:
         cfg = self.config
         summary = summarize(record)
         summary["decisions"] = self.status_decisions
+        # the learned capacity at the SLO (status.autoscaler.capacity); `tokenscale calibrate` fills
+        # calibrated_tokens_per_second_per_replica when it measures the same replicas in the run
+        summary["learned_tokens_per_second_per_replica"] = self.learned_capacity
+        summary.setdefault("calibrated_tokens_per_second_per_replica", None)
         summary["workdir"] = None if self._own_workdir else str(self.workdir)
         summary["timeline"] = [
             {k: (round(v, 2) if isinstance(v, float) else v) for k, v in dataclasses.asdict(s).items()}

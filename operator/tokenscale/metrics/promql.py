@@ -173,6 +173,7 @@ class Windows:
 
 
 TTFT_QUANTILE = 0.9
+TTFT_SLO_QUANTILE = 0.99  # for SLOs above the 90th percentile (the capacity learner)
 
 
 def signal_queries(names: EngineMetricNames, windows: Windows, grouping: Grouping) -> dict[str, str]:
@@ -196,5 +197,8 @@ def signal_queries(names: EngineMetricNames, windows: Windows, grouping: Groupin
     if names.ttft_histogram:
         queries["ttft_p90_seconds"] = histogram_quantile(
             TTFT_QUANTILE, names.ttft_histogram, windows.short, grouping
+        )
+        queries["ttft_p99_seconds"] = histogram_quantile(
+            TTFT_SLO_QUANTILE, names.ttft_histogram, windows.short, grouping
         )
     return queries
