@@ -14,7 +14,7 @@ For each count of InferenceServices (default 100, 1,000 and 10,000):
 - then 10% of the services change their load (beyond the signal band): status writes per tick.
 
 The OLD design (the per-service timer before the fleet tick, from git history: `--old-ref`,
-default the commit before build/tickplan.py was added) runs the same way at `--old-counts`, in
+default the commit before desired/tickplan.py was added) runs the same way at `--old-counts`, in
 the same run, and the ratios are printed.
 
     python bench/operator_scale.py [--counts 100 1000 10000] [--old-counts 100 1000] [--json OUT]
@@ -99,7 +99,7 @@ def old_tree(ref: str | None, workdir: Path) -> tuple[str, Path] | None:
     try:
         if ref is None:
             added = subprocess.run(["git", "log", "--diff-filter=A", "--format=%H", "--",
-                                    "operator/tokenscale/build/tickplan.py"], cwd=REPO, capture_output=True,
+                                    "operator/tokenscale/desired/tickplan.py"], cwd=REPO, capture_output=True,
                                    text=True, check=True).stdout.split()
             if not added:
                 return None

@@ -1,7 +1,7 @@
 """Scale from zero with the activator: the operator's side (kopf wiring and the cluster I/O).
 
 - `Routes.ensure` / `Routes.remove`: the EndpointSlice `<name>-activator` that sends a serving
-  Service's traffic to the activator (build/routing.py builds it). The autoscaler calls
+  Service's traffic to the activator (desired/routing.py builds it). The autoscaler calls
   `Routes.before_scale_to_zero` before it asks the last replica to stop (and does not scale to
   zero when it fails), and `Routes.sync` whenever replicas change; `route_at_zero` below does the
   same on every serving Deployment event, so a service scaled by hand or an operator restart is
@@ -38,8 +38,8 @@ from tokenscale.api import (
     SpecError,
     parse_spec,
 )
-from tokenscale.build.labels import MANAGED_BY, SERVICE_LABEL
-from tokenscale.build.routing import (
+from tokenscale.desired.labels import MANAGED_BY, SERVICE_LABEL
+from tokenscale.desired.routing import (
     ACTIVATION_ANNOTATION,
     SERVICE_NAME_LABEL,
     ActivatorEndpoints,

@@ -4,7 +4,7 @@
   state (`WatchedState`, an informer-style cache fed by kopf's watch streams), and one
   Prometheus snapshot for all services (one query per signal). No per-tick GETs.
 - decide: `policy.decide` per service (pure).
-- plan: `build.tickplan.plan_tick` per service (pure): the status patch (only on a material
+- plan: `desired.tickplan.plan_tick` per service (pure): the status patch (only on a material
   change or the heartbeat), the scale, the conditions, the Events.
 - act: only what the plans say, with bounded concurrency (the kubernetes client is synchronous:
   its calls run on a bounded thread pool, each with a timeout), every write at the
@@ -41,10 +41,10 @@ from tokenscale.api import (
     parse_spec,
     parse_status,
 )
-from tokenscale.build import selector_string
-from tokenscale.build.pods import PodHealth, PodProblem
-from tokenscale.build.routing import with_activation
-from tokenscale.build.tickplan import (
+from tokenscale.desired import selector_string
+from tokenscale.desired.pods import PodHealth, PodProblem
+from tokenscale.desired.routing import with_activation
+from tokenscale.desired.tickplan import (
     PlanSettings,
     TickInput,
     TickPlan,

@@ -1,4 +1,4 @@
-"""kopf wiring, nothing else: each handler reads, calls tokenscale.reconcile / tokenscale.build,
+"""kopf wiring, nothing else: each handler reads, calls tokenscale.reconcile / tokenscale.desired,
 and records (status, Events). Handlers return None: kopf would otherwise store results under
 status.<handler>, which the CRD's structural status schema prunes.
 
@@ -20,9 +20,9 @@ import kubernetes
 from tokenscale import activation, autoscaler, reconcile
 from tokenscale import settings as settings_module
 from tokenscale.api import GROUP, PLURAL, VERSION, SpecError
-from tokenscale.build import conditions
-from tokenscale.build.labels import MANAGED_BY, SERVICE_LABEL
-from tokenscale.build.pods import classify_pod
+from tokenscale.desired import conditions
+from tokenscale.desired.labels import MANAGED_BY, SERVICE_LABEL
+from tokenscale.desired.pods import classify_pod
 from tokenscale.observability import OperatorMetrics
 from tokenscale.settings import Settings
 

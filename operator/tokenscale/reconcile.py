@@ -1,7 +1,7 @@
 """The operator's I/O: read the cluster, apply the pure builders' output, write status.
 
 `handlers.py` wires kopf to these functions; everything decided here comes from
-tokenscale.build (pure). The kubernetes client is used synchronously: kopf runs sync handlers
+tokenscale.desired (pure). The kubernetes client is used synchronously: kopf runs sync handlers
 in its thread pool.
 """
 
@@ -15,7 +15,6 @@ from typing import Any
 
 import kubernetes
 
-from tokenscale import build
 from tokenscale.api import (
     API_VERSION,
     GROUP,
@@ -26,8 +25,10 @@ from tokenscale.api import (
     SpecError,
     parse_spec,
 )
-from tokenscale.build import conditions
-from tokenscale.build.pods import PodHealth
+from tokenscale.desired import MANAGED_BY, conditions, differences, operator_children, selector_string
+from tokenscale.desired import Children as DesiredChildren
+from tokenscale.desired.drift import overlay, owned_by
+from tokenscale.desired.pods import PodHealth
 from tokenscale.engines import adapter_for
 from tokenscale.settings import Settings
 
@@ -170,7 +171,7 @@ def _foreign(live: dict[str, Any], owner: dict[str, Any]) -> bool:
     controllers = [ref for ref in meta.get("ownerReferences") or [] if ref.get("controller")]
     if controllers:
         return all(ref.get("uid") != owner["metadata"]["uid"] for ref in controllers)
-    return (meta.get("labels") or {}).get("app.kubernetes.io/managed-by") != build.MANAGED_BY
+    return (meta.get("labels") or {}).get("app.kubernetes.io/managed-by") != MANAGED_BY
 
 
 def api_error_message(error: Exception) -> str:
@@ -200,7 +201,7 @@ def _drift(desired: dict[str, Any], live: dict[str, Any]) -> tuple[list[str], di
     wanted = {"metadata": {"labels": meta["labels"], "ownerReferences": meta["ownerReferences"]},
               "spec": desired["spec"]}
     memory = (desired["kind"], meta["namespace"], meta["name"], json.dumps(wanted, sort_keys=True))
-    drift = [path for path in build.differences(wanted, live) if path not in _UNKEPT.get(memory, ())]
+    drift = [path for path in differences(wanted, live) if path not in _UNKEPT.get(memory, ())]
     return drift, wanted, memory
 
 
@@ -234,10 +235,10 @@ def apply_child(kube: Kube, owner: dict[str, Any], desired: dict[str, Any], *, c
             meta = dict(live["metadata"])
             meta["labels"] = {**(meta.get("labels") or {}), **desired["metadata"]["labels"]}
             meta["ownerReferences"] = desired["metadata"]["ownerReferences"]
-            body["metadata"], body["spec"] = meta, build.drift.overlay(live.get("spec") or {}, desired["spec"])
+            body["metadata"], body["spec"] = meta, overlay(live.get("spec") or {}, desired["spec"])
             stored = children.replace(namespace, name, body)
             log.info("repaired %s %s/%s: %s", desired["kind"], namespace, name, ", ".join(drift[:5]))
-            unkept = build.differences(wanted, stored)
+            unkept = differences(wanted, stored)
             if unkept:  # e.g. a field this API server version does not know: stop fighting over it
                 log.warning("the API server does not keep %s of %s %s/%s; ignoring it from now on",
                             ", ".join(unkept[:5]), desired["kind"], namespace, name)
@@ -255,7 +256,7 @@ def remove_child(kube: Kube, kind: str, namespace: str, name: str, owner_uid: st
     """Delete a child that should no longer exist, only if this service owns it."""
     children = Children(kube, kind)
     live = children.read(namespace, name)
-    if live is None or not build.drift.owned_by(live, owner_uid):
+    if live is None or not owned_by(live, owner_uid):
         return False
     return children.delete(namespace, name)
 
@@ -267,11 +268,11 @@ class Outcome:
     warnings: tuple[str, ...] = ()
 
 
-_DESIRED: dict[tuple[Any, ...], build.Children] = {}  # (uid, generation, replicas) -> the children built
+_DESIRED: dict[tuple[Any, ...], DesiredChildren] = {}  # (uid, generation, replicas) -> the children built
 
 
 def desired_children(settings: Settings, owner: dict[str, Any], spec: InferenceServiceSpec,
-                     current_replicas: int | None) -> build.Children:
+                     current_replicas: int | None) -> DesiredChildren:
     """The children one generation of a spec asks for (remembered: every watch event of a child
     compares against them, and building them is the costly part of that comparison)."""
     meta = owner["metadata"]
@@ -280,7 +281,7 @@ def desired_children(settings: Settings, owner: dict[str, Any], spec: InferenceS
         return _DESIRED[key]
     if len(_DESIRED) > 2_000:  # bounded: a fleet's worth would cost tens of MB per thousand services
         _DESIRED.clear()
-    _DESIRED[key] = wanted = build.operator_children(meta["name"], meta["namespace"], spec, settings,
+    _DESIRED[key] = wanted = operator_children(meta["name"], meta["namespace"], spec, settings,
                                                      current_replicas=current_replicas)
     return wanted
 
@@ -368,7 +369,7 @@ def write_status(kube: Kube, owner: dict[str, Any], status: dict[str, Any], *, t
         patch = dict(status)
         if "conditions" in status:
             patch["conditions"] = conditions.merge_conditions(current.get("conditions"), status["conditions"])
-        if not build.differences(patch, current):
+        if not differences(patch, current):
             return False
         body = {"metadata": {"resourceVersion": fresh["metadata"]["resourceVersion"]}, "status": patch}
         try:
@@ -394,7 +395,7 @@ def observed_status(settings: Settings, owner: dict[str, Any], spec: InferenceSe
     status = owner.get("status") or {}
     return conditions.workload_status(
         deployment, generation=meta.get("generation"), conditions=status.get("conditions"),
-        endpoint=endpoint(settings, owner, spec), selector=build.selector_string(meta["name"]), pod_health=pods)
+        endpoint=endpoint(settings, owner, spec), selector=selector_string(meta["name"]), pod_health=pods)
 
 
 _PARSED: dict[tuple[str, int], InferenceServiceSpec] = {}

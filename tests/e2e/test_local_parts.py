@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from tokenscale.api import parse_spec
-from tokenscale.build.workload import deployment
+from tokenscale.desired.workload import deployment
 from tokenscale.local.children import Children, processes_mentioning
 from tokenscale.local.demo import REPLICA_ENV, DemoConfig
 from tokenscale.local.emulator import serve

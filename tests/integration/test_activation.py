@@ -16,7 +16,7 @@ import yaml
 from tests.integration.conftest import Cluster, OperatorThread, wait_for
 from tests.integration.rbaccheck import AGGREGATED, CHART, allows, api_requests
 from tokenscale.activation import ACTIVATOR_SERVICE_ENV
-from tokenscale.build.routing import ACTIVATION_ANNOTATION, SERVICE_NAME_LABEL, SLICE_MANAGER_LABEL, rfc3339
+from tokenscale.desired.routing import ACTIVATION_ANNOTATION, SERVICE_NAME_LABEL, SLICE_MANAGER_LABEL, rfc3339
 from tokenscale.settings import Settings
 
 TEST_AGENT = "activation-test"

@@ -336,9 +336,9 @@ def _deployment(desired: int, ready: int, *, stuck: bool = False) -> dict:
 
 
 def _statuses() -> dict[str, dict]:
-    """Statuses as the operator's writers produce them (build.conditions and the autoscaler's reasons)."""
+    """Statuses as the operator's writers produce them (desired.conditions and the autoscaler's reasons)."""
     from tokenscale.autoscaler import _reason
-    from tokenscale.build import conditions
+    from tokenscale.desired import conditions
 
     common = {"generation": 2, "endpoint": "http://svc.default.svc.cluster.local:8000/v1", "selector": "a=b"}
     out = {

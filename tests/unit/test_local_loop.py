@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tokenscale.api import parse_spec
-from tokenscale.build.workload import deployment
+from tokenscale.desired.workload import deployment
 from tokenscale.local.children import Children, processes_mentioning
 from tokenscale.local.demo import DemoConfig
 from tokenscale.local.kubelet import (

@@ -7,7 +7,7 @@ import pytest
 
 from tokenscale.api import parse_spec
 from tokenscale.api.models import AutoscalingSpec
-from tokenscale.build.routing import (
+from tokenscale.desired.routing import (
     ACTIVATION_ANNOTATION,
     SERVICE_NAME_LABEL,
     SLICE_MANAGER,

@@ -20,7 +20,7 @@ import aiohttp
 from tokenscale.activator.hosts import KnownService, ServiceKey
 from tokenscale.activator.proxy import ClusterUnavailable
 from tokenscale.api import GROUP, PLURAL, VERSION, SpecError, parse_spec
-from tokenscale.build.routing import (
+from tokenscale.desired.routing import (
     ACTIVATION_ANNOTATION,
     SERVICE_NAME_LABEL,
     ready_addresses,

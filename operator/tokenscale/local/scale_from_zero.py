@@ -29,7 +29,7 @@ from typing import Any
 
 import aiohttp
 
-from tokenscale.build.routing import SERVICE_NAME_LABEL, SLICE_MANAGER_LABEL, activator_slice_name
+from tokenscale.desired.routing import SERVICE_NAME_LABEL, SLICE_MANAGER_LABEL, activator_slice_name
 from tokenscale.local.demo import REPLICA_ENV, Loop, _tokenscale_executable
 from tokenscale.local.kubelet import Kubelet, free_port
 from tokenscale.local.report import percentile

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tokenscale.api.models import AutoscalingSpec, InferenceServiceSpec
-from tokenscale.build.labels import MANAGED_BY, SERVICE_LABEL
+from tokenscale.desired.labels import MANAGED_BY, SERVICE_LABEL
 from tokenscale.policy.types import Signals
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"  # joins a slice to its Service (kube-proxy reads it)

@@ -1,6 +1,6 @@
 """Pure builders: the desired children of an InferenceService, drift checks, and status."""
 
-from tokenscale.build.conditions import (
+from tokenscale.desired.conditions import (
     DEGRADED,
     PROGRESSING,
     READY,
@@ -10,9 +10,9 @@ from tokenscale.build.conditions import (
     set_condition,
     workload_status,
 )
-from tokenscale.build.drift import differences, parse_quantity
-from tokenscale.build.labels import MANAGED_BY, SERVICE_LABEL, labels, selector_labels, selector_string
-from tokenscale.build.workload import (
+from tokenscale.desired.drift import differences, parse_quantity
+from tokenscale.desired.labels import MANAGED_BY, SERVICE_LABEL, labels, selector_labels, selector_string
+from tokenscale.desired.workload import (
     BuildSettings,
     Children,
     children,

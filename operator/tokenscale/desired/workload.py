@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from tokenscale.api.models import AutoscalingMode, InferenceServiceSpec, SchedulingSpec
-from tokenscale.build.drift import pod_annotations
-from tokenscale.build.labels import labels, selector_labels
+from tokenscale.desired.drift import pod_annotations
+from tokenscale.desired.labels import labels, selector_labels
 from tokenscale.engines import adapter_for
 from tokenscale.engines.base import PORT_NAME
 
