@@ -30,8 +30,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import kubernetes
-
 from tokenscale import reconcile
 from tokenscale.api import (
     API_VERSION,
@@ -53,6 +51,7 @@ from tokenscale.desired.tickplan import (
     plan_tick,
     signals_status,
 )
+from tokenscale.kube import ApiException
 from tokenscale.metrics.promql import Grouping, Windows
 from tokenscale.metrics.source import (
     MetricsUnavailable,
@@ -372,7 +371,7 @@ class Autoscaler:
         try:
             await self._request(report, "PATCH", f"/apis/apps/v1/namespaces/{view.namespace}/deployments/{view.name}",
                                 body)
-        except kubernetes.client.ApiException as error:
+        except ApiException as error:
             if error.status in (404, 409):
                 log.info("not scaling %s/%s this tick: its Deployment changed since it was observed",
                          view.namespace, view.name)
@@ -388,7 +387,7 @@ class Autoscaler:
         try:
             await self._request(report, "PATCH", reconcile.service_path(view.namespace, view.name, "status"), body)
             return True
-        except kubernetes.client.ApiException as error:
+        except ApiException as error:
             if error.status == 404:
                 return False
             if error.status != 409:
@@ -479,7 +478,7 @@ class PeeringGate:
             else:
                 found = self.kube.custom.list_namespaced_custom_object(
                     "kopf.dev", "v1", self.settings.namespaces[0], "kopfpeerings", field_selector=selector)
-        except kubernetes.client.ApiException as error:
+        except ApiException as error:
             log.warning("cannot read the peering object %s: %s", self.settings.peering, error.reason)
             return False
         peering = next(iter(found.get("items") or []), {})

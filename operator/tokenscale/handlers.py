@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import os
 from typing import Any
 
 import kopf
-import kubernetes
 
 from tokenscale import activation, autoscaler, reconcile
 from tokenscale import settings as settings_module
@@ -23,6 +23,7 @@ from tokenscale.api import GROUP, PLURAL, VERSION, SpecError
 from tokenscale.desired import conditions
 from tokenscale.desired.labels import MANAGED_BY, SERVICE_LABEL
 from tokenscale.desired.pods import classify_pod
+from tokenscale.kube import ApiException, Kube, api_error_message, load_configuration
 from tokenscale.observability import OperatorMetrics
 from tokenscale.settings import Settings
 
@@ -35,10 +36,42 @@ def _settings(memo: Any) -> Settings:
     return getattr(memo, "settings", None) or settings_module.get()
 
 
-def _kube(memo: Any) -> reconcile.Kube:
+def _kube(memo: Any) -> Kube:
     if getattr(memo, "kube", None) is None:
-        memo.kube = reconcile.Kube.connect(_settings(memo))
+        memo.kube = reconcile.connect(_settings(memo))
     return memo.kube
+
+
+def kopf_settings(settings: Settings) -> Any:
+    """kopf's OperatorSettings for ours: annotation storage, timeouts, event identity."""
+    ops = kopf.OperatorSettings()
+    # The CRD's status schema is structural and would prune status.kopf: keep kopf's
+    # progress and diff-base in annotations instead.
+    ops.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="tokenscale.io")
+    ops.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="tokenscale.io", key="last-handled-configuration"
+    )
+    ops.persistence.finalizer = "tokenscale.io/finalizer"
+    ops.watching.server_timeout = settings.watch_server_timeout
+    ops.watching.client_timeout = settings.watch_client_timeout
+    ops.watching.connect_timeout = settings.connect_timeout
+    ops.networking.request_timeout = settings.request_timeout
+    ops.networking.connect_timeout = settings.connect_timeout
+    ops.posting.reporting_component = "tokenscale"
+    ops.posting.reporting_instance = os.environ.get("POD_NAME", "tokenscale")
+    ops.posting.event_name_prefix = "tokenscale-"
+    ops.peering.priority = settings.priority
+    # Only the Deployments and Services tokenscale manages: filtered by the API server, so a big
+    # cluster's other workloads never reach the operator.
+    managed = "app.kubernetes.io/managed-by=tokenscale"
+    ops.watching.label_selectors["apps", "v1", "deployments"] = managed
+    ops.watching.label_selectors["v1", "services"] = managed
+    # Serving pods only (the autoscaler's index keeps those that cannot start or be scheduled).
+    ops.watching.label_selectors["v1", "pods"] = "tokenscale.io/service"
+    # The reconcile handlers are synchronous: enough threads that 1,000 new services' children are
+    # created in parallel against an API server that answers in tens of milliseconds.
+    ops.execution.max_workers = max(8, settings.write_concurrency)
+    return ops
 
 
 # --- operator lifecycle -----------------------------------------------------------------------
@@ -47,7 +80,8 @@ def _kube(memo: Any) -> reconcile.Kube:
 @kopf.on.login()
 def login(memo: Any, **_: Any) -> kopf.ConnectionInfo:
     """kopf talks to the same API server, with the same credentials, as the kubernetes client."""
-    configuration = reconcile.load_configuration(_settings(memo))
+    settings = _settings(memo)
+    configuration = load_configuration(settings.kubeconfig, settings.context)
     header = (configuration.get_api_key_with_prefix("BearerToken")
               or configuration.get_api_key_with_prefix("authorization") or "")
     scheme, _, token = header.partition(" ") if " " in header else (None, "", header or None)
@@ -61,7 +95,7 @@ def login(memo: Any, **_: Any) -> kopf.ConnectionInfo:
 
 @kopf.on.startup()
 def startup(memo: Any, **_: Any) -> None:
-    memo.kube = reconcile.Kube.connect(_settings(memo))
+    memo.kube = reconcile.connect(_settings(memo))
     memo.watched = autoscaler.WatchedState()  # on the operator's memo: every handler's copy shares it
 
 
@@ -132,9 +166,9 @@ def serve(body: kopf.Body, reason: str, memo: Any, **_: Any) -> None:
     except reconcile.ForeignObjectError as error:
         _degrade(kube, body, owner, "NameConflict", str(error))
         raise kopf.TemporaryError(str(error), delay=CONFLICT_RETRY_DELAY) from None
-    except kubernetes.client.ApiException as error:
+    except ApiException as error:
         # The API server's own words: its message and the field of each cause.
-        message = f"applying the serving workload failed: {reconcile.api_error_message(error)}"
+        message = f"applying the serving workload failed: {api_error_message(error)}"
         _degrade(kube, body, owner, "ApplyFailed", message)
         raise kopf.TemporaryError(message, delay=RETRY_DELAY) from None
     health = watched_state.pod_health(key)
@@ -143,7 +177,7 @@ def serve(body: kopf.Body, reason: str, memo: Any, **_: Any) -> None:
     _announce(body, outcome, verb={"create": "Created", "update": "Updated"}.get(reason, "Reconciled"))
 
 
-def _degrade(kube: reconcile.Kube, body: kopf.Body, owner: dict[str, Any], reason: str, message: str) -> None:
+def _degrade(kube: Kube, body: kopf.Body, owner: dict[str, Any], reason: str, message: str) -> None:
     """Degraded=True with the reason; the Warning event only when that is news (retries stay quiet)."""
     current = (owner.get("status") or {}).get("conditions")
     news = not conditions.condition_is(current, conditions.DEGRADED, True, reason, message)

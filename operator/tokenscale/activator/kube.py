@@ -35,16 +35,9 @@ class KubeCluster:
 
     def __init__(self, *, kubeconfig: str | None = None, context: str | None = None,
                  namespaces: tuple[str, ...] = (), timeout_seconds: float = 10.0) -> None:
-        from kubernetes import client, config  # only for reading the credentials
+        from tokenscale.kube import load_configuration  # only for reading the credentials
 
-        configuration = client.Configuration()
-        if kubeconfig is None:
-            try:
-                config.load_incluster_config(client_configuration=configuration)
-            except config.ConfigException:
-                config.load_kube_config(context=context, client_configuration=configuration)
-        else:
-            config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration)
+        configuration = load_configuration(kubeconfig, context)
         self._configuration = configuration
         self.host = configuration.host.rstrip("/")
         self.namespaces = namespaces

@@ -194,47 +194,13 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     )
 
 
-def kopf_settings(settings: Settings) -> Any:
-    """kopf's OperatorSettings for ours: annotation storage, timeouts, event identity."""
-    import kopf
-
-    ops = kopf.OperatorSettings()
-    # The CRD's status schema is structural and would prune status.kopf: keep kopf's
-    # progress and diff-base in annotations instead.
-    ops.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="tokenscale.io")
-    ops.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="tokenscale.io", key="last-handled-configuration"
-    )
-    ops.persistence.finalizer = "tokenscale.io/finalizer"
-    ops.watching.server_timeout = settings.watch_server_timeout
-    ops.watching.client_timeout = settings.watch_client_timeout
-    ops.watching.connect_timeout = settings.connect_timeout
-    ops.networking.request_timeout = settings.request_timeout
-    ops.networking.connect_timeout = settings.connect_timeout
-    ops.posting.reporting_component = "tokenscale"
-    ops.posting.reporting_instance = os.environ.get("POD_NAME", "tokenscale")
-    ops.posting.event_name_prefix = "tokenscale-"
-    ops.peering.priority = settings.priority
-    # Only the Deployments and Services tokenscale manages: filtered by the API server, so a big
-    # cluster's other workloads never reach the operator.
-    managed = "app.kubernetes.io/managed-by=tokenscale"
-    ops.watching.label_selectors["apps", "v1", "deployments"] = managed
-    ops.watching.label_selectors["v1", "services"] = managed
-    # Serving pods only (the autoscaler's index keeps those that cannot start or be scheduled).
-    ops.watching.label_selectors["v1", "pods"] = "tokenscale.io/service"
-    # The reconcile handlers are synchronous: enough threads that 1,000 new services' children are
-    # created in parallel against an API server that answers in tens of milliseconds.
-    ops.execution.max_workers = max(8, settings.write_concurrency)
-    return ops
-
-
 def run_operator(settings: Settings, *, stop_flag: Any = None, ready_flag: Any = None) -> None:
     """Run the operator until stopped (blocks). A harness passes a threading.Event as stop_flag."""
     import kopf
 
     settings_module.configure(settings)
     import tokenscale.activation  # noqa: F401  (scale from zero with the activator)
-    import tokenscale.handlers  # noqa: F401  (registers the handlers in kopf's default registry)
+    from tokenscale.handlers import kopf_settings  # (registers the handlers in kopf's default registry)
 
     standalone = True if settings.standalone else None
 
