@@ -223,9 +223,10 @@ def routes(memo: Any) -> Routes:
     if getattr(memo, "routes", None) is None:
         kube = getattr(memo, "kube", None)
         if kube is None:
-            from tokenscale import reconcile, settings
+            from tokenscale import reconcile
+            from tokenscale.settings import Settings
 
-            kube = memo.kube = reconcile.connect(getattr(memo, "settings", None) or settings.get())
+            kube = memo.kube = reconcile.connect(getattr(memo, "settings", None) or Settings())
         memo.routes = Routes(kube, activator_service_from_env())
     return memo.routes
 

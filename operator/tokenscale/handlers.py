@@ -18,7 +18,6 @@ from typing import Any
 import kopf
 
 from tokenscale import activation, autoscaler, reconcile
-from tokenscale import settings as settings_module
 from tokenscale.api import GROUP, PLURAL, VERSION, SpecError
 from tokenscale.desired import conditions
 from tokenscale.desired.labels import MANAGED_BY, SERVICE_LABEL
@@ -33,7 +32,7 @@ CONFLICT_RETRY_DELAY = 30.0  # a child's name taken by another object: waits for
 
 
 def _settings(memo: Any) -> Settings:
-    return getattr(memo, "settings", None) or settings_module.get()
+    return getattr(memo, "settings", None) or Settings()  # `tokenscale run` puts them on the memo
 
 
 def _kube(memo: Any) -> Kube:
@@ -63,11 +62,11 @@ def kopf_settings(settings: Settings) -> Any:
     ops.peering.priority = settings.priority
     # Only the Deployments and Services tokenscale manages: filtered by the API server, so a big
     # cluster's other workloads never reach the operator.
-    managed = "app.kubernetes.io/managed-by=tokenscale"
+    managed = f"app.kubernetes.io/managed-by={MANAGED_BY}"
     ops.watching.label_selectors["apps", "v1", "deployments"] = managed
     ops.watching.label_selectors["v1", "services"] = managed
     # Serving pods only (the autoscaler's index keeps those that cannot start or be scheduled).
-    ops.watching.label_selectors["v1", "pods"] = "tokenscale.io/service"
+    ops.watching.label_selectors["v1", "pods"] = SERVICE_LABEL
     # The reconcile handlers are synchronous: enough threads that 1,000 new services' children are
     # created in parallel against an API server that answers in tens of milliseconds.
     ops.execution.max_workers = max(8, settings.write_concurrency)

@@ -16,6 +16,8 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from tokenscale.api.labels import ENGINE_LABEL, SERVICE_LABEL
+
 GROUP = "tokenscale.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -90,7 +92,7 @@ RESERVED_MOUNT_PATHS = ("/dev/shm", "/models", "/tmp")
 # them, so a pod label of the same key is rejected rather than silently overridden.
 RESERVED_POD_LABELS = (
     "app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/component",
-    "app.kubernetes.io/managed-by", "app.kubernetes.io/part-of", "tokenscale.io/service", "tokenscale.io/engine",
+    "app.kubernetes.io/managed-by", "app.kubernetes.io/part-of", SERVICE_LABEL, ENGINE_LABEL,
 )
 # The longest preStop sleep of any engine plus a margin: the grace period must leave the engine
 # time to drain after it (engines/base.py derives the builtin server's --drain-timeout from it).

@@ -5,11 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from tokenscale.api.labels import ENGINE_LABEL, PROMETHEUS_SERVICE_LABEL, SERVICE_LABEL
 from tokenscale.api.models import AutoscalingMode, InferenceServiceSpec, SchedulingSpec
 from tokenscale.desired.drift import pod_annotations
 from tokenscale.desired.labels import labels, selector_labels
 from tokenscale.engines import adapter_for
 from tokenscale.engines.base import PORT_NAME
+from tokenscale.settings import DEFAULT_SERVICE_LABEL
 
 
 def replicas_for(spec: InferenceServiceSpec, current: int | None) -> int:
@@ -126,12 +128,12 @@ def pod_disruption_budget(name: str, namespace: str, spec: InferenceServiceSpec)
 
 
 def pod_monitor(name: str, namespace: str, spec: InferenceServiceSpec, *,
-                service_label: str = "tokenscale_io_service", namespace_label: str = "namespace",
+                service_label: str = DEFAULT_SERVICE_LABEL, namespace_label: str = "namespace",
                 interval: str = "15s") -> dict[str, Any]:
     """A Prometheus Operator PodMonitor whose series carry the labels the autoscaler groups by."""
     metrics = adapter_for(spec.engine.type).metrics()
     relabelings = [
-        {"action": "replace", "sourceLabels": ["__meta_kubernetes_pod_label_tokenscale_io_service"],
+        {"action": "replace", "sourceLabels": ["__meta_kubernetes_pod_label_" + PROMETHEUS_SERVICE_LABEL],
          "targetLabel": service_label},
         {"action": "replace", "sourceLabels": ["__meta_kubernetes_namespace"], "targetLabel": namespace_label},
         {"action": "replace", "sourceLabels": ["__meta_kubernetes_pod_name"], "targetLabel": "pod"},
@@ -142,7 +144,7 @@ def pod_monitor(name: str, namespace: str, spec: InferenceServiceSpec, *,
         "metadata": _metadata(name, namespace, spec),
         "spec": {
             "selector": {"matchLabels": selector_labels(name)},
-            "podTargetLabels": ["tokenscale.io/service", "tokenscale.io/engine"],
+            "podTargetLabels": [SERVICE_LABEL, ENGINE_LABEL],
             "podMetricsEndpoints": [{"port": metrics.port_name, "path": metrics.path, "interval": interval,
                                      "relabelings": relabelings}],
         },
@@ -160,7 +162,7 @@ class Children:
 
 
 def children(name: str, namespace: str, spec: InferenceServiceSpec, *, current_replicas: int | None,
-             default_server_image: str | None = None, service_label: str = "tokenscale_io_service",
+             default_server_image: str | None = None, service_label: str = DEFAULT_SERVICE_LABEL,
              namespace_label: str = "namespace") -> Children:
     return Children(
         deployment=deployment(name, namespace, spec, replicas=replicas_for(spec, current_replicas),

@@ -27,14 +27,14 @@ from typing import Any
 
 import aiohttp
 
+from tokenscale.api.labels import PROMETHEUS_SERVICE_LABEL, SERVICE_LABEL
 from tokenscale.local.children import Children
 from tokenscale.local.prometheus import ScrapeTarget
 
 log = logging.getLogger(__name__)
 
-SERVICE_LABEL = "tokenscale.io/service"
 # Prometheus label names: what podTargetLabels / the namespace relabeling produce in a cluster.
-PROM_SERVICE_LABEL = "tokenscale_io_service"
+PROM_SERVICE_LABEL = PROMETHEUS_SERVICE_LABEL
 PROM_NAMESPACE_LABEL = "namespace"
 
 # How to run one replica of a Deployment: (deployment, port) -> argv.
