@@ -59,7 +59,6 @@ log = logging.getLogger("tokenscale.activation")
 ACTIVATOR_SERVICE_ENV = "TOKENSCALE_ACTIVATOR_SERVICE"
 ACTIVATOR_PORT_NAME = "proxy"  # the activator Service's port (charts/tokenscale, activator-service.yaml)
 REFRESH_SECONDS = 15.0
-MERGE_PATCH = "application/merge-patch+json"
 
 
 def activator_service_from_env() -> tuple[str, str] | None:

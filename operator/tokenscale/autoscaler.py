@@ -51,7 +51,7 @@ from tokenscale.desired.tickplan import (
     plan_tick,
     signals_status,
 )
-from tokenscale.kube import ApiException
+from tokenscale.kube import MERGE_PATCH, ApiException
 from tokenscale.metrics.promql import Grouping, Windows
 from tokenscale.metrics.source import (
     MetricsUnavailable,
@@ -67,7 +67,6 @@ from tokenscale.watched import DeploymentView, ServiceView, WatchedState, deploy
 
 log = logging.getLogger("tokenscale.autoscaler")
 
-MERGE_PATCH = "application/merge-patch+json"
 _VERBS = {"GET": "get", "POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}
 PostEvent = Callable[[dict[str, Any], str, str, str], None]  # (object, type, reason, message)
 

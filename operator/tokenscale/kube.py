@@ -15,8 +15,10 @@ from typing import Any
 
 import kubernetes
 
+from tokenscale.api.wire import MERGE_PATCH
+
 ApiException = kubernetes.client.ApiException
-MERGE_PATCH = "application/merge-patch+json"
+__all__ = ["MERGE_PATCH", "ApiException", "ChildApi", "Kube", "api_error_message", "is_missing", "load_configuration"]
 
 
 def load_configuration(kubeconfig: str | None = None, context: str | None = None, *,

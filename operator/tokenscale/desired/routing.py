@@ -131,12 +131,6 @@ def ready_addresses(slices: Sequence[Mapping[str, Any]], *, skip_manager: str | 
     return found
 
 
-def rfc3339(timestamp: float) -> str:
-    """RFC 3339 in UTC with milliseconds: the operator compares it with when the service went to zero."""
-    stamp = datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
-    return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def wakes_from_zero(requested_at: float | None, *, zero_since: float | None, now: float,
                     fresh_seconds: float = ACTIVATION_FRESH_SECONDS, skew_seconds: float = 1.0) -> bool:
     """Whether an activation request asks to wake a service that is at zero now: it is recent, and not

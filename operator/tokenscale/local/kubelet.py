@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -28,8 +27,9 @@ from typing import Any
 import aiohttp
 
 from tokenscale.api.labels import PROMETHEUS_SERVICE_LABEL, SERVICE_LABEL
+from tokenscale.api.wire import MERGE_PATCH
 from tokenscale.local.children import Children
-from tokenscale.local.prometheus import ScrapeTarget
+from tokenscale.local.prometheus import ScrapeTarget, free_port
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +267,7 @@ class Kubelet:
         if all(current.get(k) == v for k, v in status.items()):
             return
         url = f"{self.api_url}/apis/apps/v1/namespaces/{self.namespace}/deployments/{name}/status"
-        headers = {"Content-Type": "application/merge-patch+json"}
+        headers = {"Content-Type": MERGE_PATCH}
         with contextlib.suppress(aiohttp.ClientError, TimeoutError):
             async with session.patch(url, json={"status": status}, headers=headers) as response:
                 if response.status >= 400:
@@ -345,7 +345,3 @@ def _safe(function: Callable[..., Any], deployment: dict[str, Any], fallback: An
         return fallback
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

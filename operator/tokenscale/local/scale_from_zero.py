@@ -31,7 +31,8 @@ import aiohttp
 
 from tokenscale.desired.routing import SERVICE_NAME_LABEL, SLICE_MANAGER_LABEL, activator_slice_name
 from tokenscale.local.demo import REPLICA_ENV, Loop, _tokenscale_executable
-from tokenscale.local.kubelet import Kubelet, free_port
+from tokenscale.local.kubelet import Kubelet
+from tokenscale.local.prometheus import free_port
 from tokenscale.local.report import percentile
 from tokenscale.local.router import Router
 from tokenscale.local.scenario import DemoConfig

@@ -11,6 +11,7 @@ import dataclasses
 import math
 
 from tokenscale.api import AutoscalingSpec
+from tokenscale.metrics.promql import TTFT_QUANTILE
 from tokenscale.policy import decide
 from tokenscale.policy.types import History, ReplicaState, Signals
 from tokenscale.settings import DEFAULT_TICK_SECONDS
@@ -18,7 +19,6 @@ from tokenscale.settings import DEFAULT_TICK_SECONDS
 from .baselines import HorizontalPodAutoscaler, KnativeKPA, Oracle, StaticReplicas, hpa, keda
 
 TOKENSCALE_TICK_S = DEFAULT_TICK_SECONDS  # the operator's default --tick-seconds
-TTFT_QUANTILE = 0.9
 _SIGNAL_FIELDS = {f.name for f in dataclasses.fields(Signals)}
 
 
