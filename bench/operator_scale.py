@@ -39,7 +39,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "operator"))
 
-from tokenscale.local.emulator import KubernetesEmulator, request_counts, serve, set_latency  # noqa: E402
+from tokenscale.local.emulator import KubernetesEmulator, request_counts, set_latency, start_emulator  # noqa: E402
 from tokenscale.local.fleet import FleetExporter, fleet_names, seed  # noqa: E402
 from tokenscale.local.prometheus import PrometheusServer, ScrapeTarget, free_port, prometheus_binaries  # noqa: E402
 from tokenscale.settings import Settings  # noqa: E402
@@ -54,7 +54,7 @@ SPEC = {"model": {"source": "org/model"}, "engine": {"type": "builtin"}, "resour
 
 
 def _emulator_main(kubeconfig: str, ready, stop) -> None:
-    running = serve(KubernetesEmulator())
+    running = start_emulator(KubernetesEmulator())
     running.write_kubeconfig(kubeconfig)
     ready.set()
     stop.wait()

@@ -136,10 +136,12 @@ async def watch_pods(event: dict[str, Any], body: kopf.Body, memo: Any, **_: Any
 # --- InferenceServices ------------------------------------------------------------------------
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.create(GROUP, VERSION, PLURAL)
-@kopf.on.update(GROUP, VERSION, PLURAL)
-def serve(body: kopf.Body, reason: str, memo: Any, **_: Any) -> None:
+# id="serve": the handler's id in kopf's progress annotations, kept from its earlier name so an
+# upgrade finds the records of objects handled before it.
+@kopf.on.resume(GROUP, VERSION, PLURAL, id="serve")
+@kopf.on.create(GROUP, VERSION, PLURAL, id="serve")
+@kopf.on.update(GROUP, VERSION, PLURAL, id="serve")
+def reconcile_service(body: kopf.Body, reason: str, memo: Any, **_: Any) -> None:
     """Create or update the serving workload of an InferenceService."""
     owner = copy.deepcopy(dict(body))
     settings, kube = _settings(memo), _kube(memo)
@@ -187,7 +189,7 @@ def _degrade(kube: Kube, body: kopf.Body, owner: dict[str, Any], reason: str, me
         kopf.warn(body, reason=reason, message=message)
 
 
-def _announce(body: Any, outcome: reconcile.Outcome, verb: str) -> None:
+def _announce(body: Any, outcome: reconcile.Applied, verb: str) -> None:
     """One Event for all the children that changed (an Event is a request: one, not four)."""
     changed = [f"{kind} {action}" for kind, action in outcome.actions.items() if action != "unchanged"]
     if changed:

@@ -22,8 +22,14 @@ from tokenscale.api import (
     SpecError,
     parse_spec,
 )
-from tokenscale.desired import MANAGED_BY, conditions, differences, operator_children, selector_string
-from tokenscale.desired import Children as DesiredChildren
+from tokenscale.desired import (
+    MANAGED_BY,
+    DesiredChildren,
+    conditions,
+    differences,
+    operator_children,
+    selector_string,
+)
 from tokenscale.desired.drift import overlay, owned_by
 from tokenscale.desired.pods import PodHealth
 from tokenscale.engines import adapter_for
@@ -136,7 +142,7 @@ def remove_child(kube: Kube, kind: str, namespace: str, name: str, owner_uid: st
 
 
 @dataclass(frozen=True)
-class Outcome:
+class Applied:
     actions: dict[str, str]  # kind -> created / updated / unchanged / deleted
     deployment: dict[str, Any] | None
     warnings: tuple[str, ...] = ()
@@ -161,7 +167,7 @@ def desired_children(settings: Settings, owner: dict[str, Any], spec: InferenceS
 
 
 def realise(kube: Kube, settings: Settings, owner: dict[str, Any], spec: InferenceServiceSpec, *,
-            new: bool = False, watched: dict[str, Any] | None = None) -> Outcome:
+            new: bool = False, watched: dict[str, Any] | None = None) -> Applied:
     """Make the children of one InferenceService match its spec.
 
     `new`: the InferenceService was just created, so its children most likely do not exist:
@@ -188,7 +194,7 @@ def realise(kube: Kube, settings: Settings, owner: dict[str, Any], spec: Inferen
         # A resume with nothing changed since: the PDB and PodMonitor were applied with this spec
         # and are repaired on its next change (they are not watched: checking each would cost a
         # read per service at every start).
-        return Outcome(actions=actions, deployment=deployment, warnings=())
+        return Applied(actions=actions, deployment=deployment, warnings=())
     for kind, desired in (("PodDisruptionBudget", wanted.pod_disruption_budget),):
         if desired is not None:
             actions[kind] = apply_child(kube, owner, desired, create_first=new)[0]
@@ -204,7 +210,7 @@ def realise(kube: Kube, settings: Settings, owner: dict[str, Any], spec: Inferen
             raise
         # The Prometheus Operator's CRDs are not installed: serve anyway, and say so.
         warnings.append("PodMonitor not created: the monitoring.coreos.com/v1 API is not installed")
-    return Outcome(actions=actions, deployment=deployment, warnings=tuple(warnings))
+    return Applied(actions=actions, deployment=deployment, warnings=tuple(warnings))
 
 
 # --- the InferenceService itself ------------------------------------------------------------
@@ -290,5 +296,5 @@ def parse(owner: dict[str, Any]) -> InferenceServiceSpec:
     return spec
 
 
-__all__ = ["Kube", "Outcome", "SpecError", "api_error_message", "connect", "desired_children", "drifted", "endpoint",
+__all__ = ["Kube", "Applied", "SpecError", "api_error_message", "connect", "desired_children", "drifted", "endpoint",
            "observed_status", "parse", "read_service", "realise", "write_status"]

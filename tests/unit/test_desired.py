@@ -53,7 +53,7 @@ def make_spec(engine: str, variant: str) -> Any:
     return parse_spec(raw)
 
 
-def make_children(engine: str, variant: str, current: int | None = None) -> desired.Children:
+def make_children(engine: str, variant: str, current: int | None = None) -> desired.DesiredChildren:
     return desired.children("llama", "serving", make_spec(engine, variant), current_replicas=current,
                           default_server_image="ghcr.io/tokenscale/server:0.1.0")
 
@@ -130,14 +130,14 @@ def test_builtin_uses_the_configured_image_and_others_their_release_image():
 def test_replicas_belong_to_the_autoscaler_or_to_spec_replicas():
     auto = parse_spec({"model": {"source": "m"}, "replicas": 3,
                        "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 6}})
-    assert desired.replicas_for(auto, None) == 3  # a new Deployment starts at spec.replicas
-    assert desired.replicas_for(auto, 5) == 5  # then the autoscaler's count stands
-    assert desired.replicas_for(auto, 9) == 6  # clamped when the bounds shrink
-    assert desired.replicas_for(auto, 1) == 2
+    assert desired.deployment_replicas(auto, None) == 3  # a new Deployment starts at spec.replicas
+    assert desired.deployment_replicas(auto, 5) == 5  # then the autoscaler's count stands
+    assert desired.deployment_replicas(auto, 9) == 6  # clamped when the bounds shrink
+    assert desired.deployment_replicas(auto, 1) == 2
     manual = parse_spec({"model": {"source": "m"}, "replicas": 3, "autoscaling": {"enabled": False}})
-    assert desired.replicas_for(manual, 7) == 3
+    assert desired.deployment_replicas(manual, 7) == 3
     dry_run = parse_spec({"model": {"source": "m"}, "replicas": 2, "autoscaling": {"mode": "DryRun"}})
-    assert desired.replicas_for(dry_run, 5) == 2  # DryRun recommends; spec.replicas acts
+    assert desired.deployment_replicas(dry_run, 5) == 2  # DryRun recommends; spec.replicas acts
 
 
 def test_pod_disruption_budget_only_when_more_than_one_replica_is_possible():

@@ -14,7 +14,7 @@ from tokenscale.engines.base import PORT_NAME
 from tokenscale.settings import DEFAULT_SERVICE_LABEL
 
 
-def replicas_for(spec: InferenceServiceSpec, current: int | None) -> int:
+def deployment_replicas(spec: InferenceServiceSpec, current: int | None) -> int:
     """Who owns the replica count: the autoscaler (keep what it set) or spec.replicas.
 
     With autoscaling Active the Deployment's current count stands (clamped into the bounds,
@@ -152,7 +152,7 @@ def pod_monitor(name: str, namespace: str, spec: InferenceServiceSpec, *,
 
 
 @dataclass(frozen=True)
-class Children:
+class DesiredChildren:
     """Everything one InferenceService should own; None marks a child that should not exist."""
 
     deployment: dict[str, Any]
@@ -163,9 +163,9 @@ class Children:
 
 def children(name: str, namespace: str, spec: InferenceServiceSpec, *, current_replicas: int | None,
              default_server_image: str | None = None, service_label: str = DEFAULT_SERVICE_LABEL,
-             namespace_label: str = "namespace") -> Children:
-    return Children(
-        deployment=deployment(name, namespace, spec, replicas=replicas_for(spec, current_replicas),
+             namespace_label: str = "namespace") -> DesiredChildren:
+    return DesiredChildren(
+        deployment=deployment(name, namespace, spec, replicas=deployment_replicas(spec, current_replicas),
                               default_server_image=default_server_image),
         service=service(name, namespace, spec),
         pod_disruption_budget=pod_disruption_budget(name, namespace, spec) if may_run_several(spec) else None,
@@ -183,7 +183,7 @@ class BuildSettings(Protocol):
 
 
 def operator_children(name: str, namespace: str, spec: InferenceServiceSpec, settings: BuildSettings, *,
-                      current_replicas: int | None) -> Children:
+                      current_replicas: int | None) -> DesiredChildren:
     """The children exactly as the operator creates them with these settings: the one call that
     the reconciler and `tokenscale render` share, so the two cannot differ."""
     return children(name, namespace, spec, current_replicas=current_replicas,

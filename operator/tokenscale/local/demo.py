@@ -34,9 +34,9 @@ import aiohttp
 
 from tokenscale.api import API_VERSION, PLURAL
 from tokenscale.local import loadgen
-from tokenscale.local.children import Children
+from tokenscale.local.children import ChildProcesses
 from tokenscale.local.kubelet import SERVICE_LABEL, Kubelet, local_server_command
-from tokenscale.local.report import DecisionPoint, RunRecord, Sample, plot, summarize
+from tokenscale.local.report import DecisionPoint, RunRecord, Sample, plot, run_summary
 from tokenscale.local.router import Router
 from tokenscale.local.scenario import DemoConfig, default_model_cache
 
@@ -71,7 +71,7 @@ class Loop:
     def __init__(self, config: DemoConfig, view: Any = None) -> None:
         self.config = config
         self.view = view
-        self.children = Children()
+        self.children = ChildProcesses()
         self.samples: list[Sample] = []
         self.status_decisions: list[dict[str, Any]] = []
         self._own_workdir = config.workdir is None
@@ -113,7 +113,7 @@ class Loop:
         return local_server_command(deployment, port, _server_executable(), extra_args=["--threads", "1"])
 
     async def run(self) -> dict[str, Any]:
-        from tokenscale.local.emulator import serve
+        from tokenscale.local.emulator import start_emulator
         from tokenscale.local.prometheus import PrometheusServer
 
         cfg = self.config
@@ -121,7 +121,7 @@ class Loop:
         try:
             self.model_dir = await self._ensure_model()
             self._phase("starting the Kubernetes API emulator, Prometheus and the router")
-            api = serve()
+            api = start_emulator()
             kubeconfig = api.write_kubeconfig(self.workdir / "kubeconfig", namespace=cfg.namespace)
             prom = PrometheusServer(self.workdir / "prometheus", scrape_interval=cfg.scrape_seconds)
             prom.start()
@@ -395,7 +395,7 @@ class Loop:
 
     def _finish(self, record: RunRecord) -> dict[str, Any]:
         cfg = self.config
-        summary = summarize(record)
+        summary = run_summary(record)
         summary["decisions"] = self.status_decisions
         summary["workdir"] = None if self._own_workdir else str(self.workdir)
         summary["timeline"] = [

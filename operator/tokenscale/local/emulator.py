@@ -854,7 +854,7 @@ class RunningEmulator:
         return path
 
 
-def serve(emulator: KubernetesEmulator | None = None, host: str = "127.0.0.1", port: int = 0) -> RunningEmulator:
+def start_emulator(emulator: KubernetesEmulator | None = None, host: str = "127.0.0.1", port: int = 0) -> RunningEmulator:
     """Start an emulator in a background thread; stop it with `.stop()` (or use it as a context)."""
     return RunningEmulator(emulator, host, port).start()
 

@@ -28,7 +28,7 @@ import aiohttp
 
 from tokenscale.api.labels import PROMETHEUS_SERVICE_LABEL, SERVICE_LABEL
 from tokenscale.api.wire import MERGE_PATCH
-from tokenscale.local.children import Children
+from tokenscale.local.children import ChildProcesses
 from tokenscale.local.prometheus import ScrapeTarget, free_port
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ class Kubelet:
     api_url: str
     namespace: str
     command_for: CommandFor
-    children: Children
+    children: ChildProcesses
     log_dir: Path
     env: dict[str, str] = field(default_factory=dict)
     publish_targets: TargetsSink | None = None

@@ -69,7 +69,7 @@ class ScaleFromZeroConfig(DemoConfig):
 
 
 @dataclass
-class Outcome:
+class RequestOutcome:
     """One request of the scenario, as its client saw it."""
 
     burst: int
@@ -102,7 +102,7 @@ class Point:
 
 @dataclass
 class Record:
-    outcomes: list[Outcome] = field(default_factory=list)
+    outcomes: list[RequestOutcome] = field(default_factory=list)
     timeline: list[Point] = field(default_factory=list)
     bursts: list[float] = field(default_factory=list)
 
@@ -113,7 +113,7 @@ class ScaleFromZeroLoop(Loop):
     config: ScaleFromZeroConfig
 
     async def run(self) -> dict[str, Any]:  # type: ignore[override]
-        from tokenscale.local.emulator import serve
+        from tokenscale.local.emulator import start_emulator
         from tokenscale.local.prometheus import PrometheusServer
 
         cfg = self.config
@@ -122,7 +122,7 @@ class ScaleFromZeroLoop(Loop):
         try:
             self.model_dir = await self._ensure_model()
             self._phase("starting the API emulator, Prometheus, the activator and the router")
-            api = serve()
+            api = start_emulator()
             kubeconfig = api.write_kubeconfig(self.workdir / "kubeconfig", namespace=cfg.namespace)
             prom = PrometheusServer(self.workdir / "prometheus", scrape_interval=cfg.scrape_seconds)
             prom.start()
@@ -234,7 +234,7 @@ class ScaleFromZeroLoop(Loop):
                     record.bursts.append(time.monotonic() - self.start)
                     tasks = []
                     for index in range(size):
-                        outcome = Outcome(burst, stream=index % 2 == 0, sent_at=time.monotonic() - self.start)
+                        outcome = RequestOutcome(burst, stream=index % 2 == 0, sent_at=time.monotonic() - self.start)
                         record.outcomes.append(outcome)
                         tasks.append(asyncio.create_task(self._request(clients, router.url, outcome)))
                         await asyncio.sleep(0.02)  # in order: the one over the bound is the last
@@ -269,7 +269,7 @@ class ScaleFromZeroLoop(Loop):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)
 
-    async def _request(self, session: aiohttp.ClientSession, url: str, outcome: Outcome) -> None:
+    async def _request(self, session: aiohttp.ClientSession, url: str, outcome: RequestOutcome) -> None:
         cfg = self.config
         body = {"model": cfg.served_name, "prompt": "scale from zero", "max_tokens": cfg.output_tokens,
                 "ignore_eos": True, "stream": outcome.stream}
