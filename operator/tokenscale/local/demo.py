@@ -81,6 +81,21 @@ class Loop:
         self.phase = "starting"
         self.operator: subprocess.Popen | None = None
 
+    async def _stop_everything(self, kubelet_task: Any, prom: Any, router: Any, api: Any) -> None:
+        """Stop whatever of the loop's parts was started (None: never started), children last but one."""
+        self._phase("stopping every process")
+        if kubelet_task is not None:
+            kubelet_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await kubelet_task
+        self.children.stop_all()
+        if prom is not None:
+            prom.stop()
+        if router is not None:
+            await router.stop()
+        if api is not None:
+            api.stop()
+
     def _phase(self, text: str) -> None:
         self.phase = text
         log.info("%s", text)
@@ -163,18 +178,7 @@ class Loop:
                 await self._wait_ready(session, api.url, prom.url, kubelet_task)
                 record = await self._drive(session, api.url, prom.url, router, kubelet_task)
         finally:
-            self._phase("stopping every process")
-            if kubelet_task is not None:
-                kubelet_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await kubelet_task
-            self.children.stop_all()
-            if prom is not None:
-                prom.stop()
-            if router is not None:
-                await router.stop()
-            if api is not None:
-                api.stop()
+            await self._stop_everything(kubelet_task, prom, router, api)
         return self._finish(record)
 
     async def _create_service(self, session: aiohttp.ClientSession, api_url: str) -> None:

@@ -169,18 +169,7 @@ class ScaleFromZeroLoop(Loop):
                 record = await self._scenario(session, api.url, router, kubelet_task)
                 await slices.drain()
         finally:
-            self._phase("stopping every process")
-            if kubelet_task is not None:
-                kubelet_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await kubelet_task
-            self.children.stop_all()
-            if prom is not None:
-                prom.stop()
-            if router is not None:
-                await router.stop()
-            if api is not None:
-                api.stop()
+            await self._stop_everything(kubelet_task, prom, router, api)
         return self._summary(record, router)
 
     async def _wait_activator(self, session: aiohttp.ClientSession) -> None:
