@@ -168,7 +168,7 @@ class OperatorMetrics:
         return str(host), int(port)
 
     def serve_or_retry(self, address: str, retry_seconds: float = 60.0) -> tuple[str, int] | None:
-        """`serve`, but an address that cannot be bound (e.g. taken) stops nothing: one error is
+        """`listen`, but an address that cannot be bound (e.g. taken) stops nothing: one error is
         logged, the failure is counted, and binding is retried in the background."""
         try:
             return self.listen(address)
