@@ -16,6 +16,8 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from tokenscale.api.labels import ENGINE_LABEL, SERVICE_LABEL
+
 GROUP = "tokenscale.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -86,11 +88,11 @@ LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
 # Names the operator gives its own volumes and mount paths (engines/base.py): never the user's.
 RESERVED_VOLUMES = ("dshm", "model-cache", "tmp")
 RESERVED_MOUNT_PATHS = ("/dev/shm", "/models", "/tmp")
-# Labels the operator sets on every pod (build/labels.py): the selector and the service label among
+# Labels the operator sets on every pod (desired/labels.py): the selector and the service label among
 # them, so a pod label of the same key is rejected rather than silently overridden.
 RESERVED_POD_LABELS = (
     "app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/component",
-    "app.kubernetes.io/managed-by", "app.kubernetes.io/part-of", "tokenscale.io/service", "tokenscale.io/engine",
+    "app.kubernetes.io/managed-by", "app.kubernetes.io/part-of", SERVICE_LABEL, ENGINE_LABEL,
 )
 # The longest preStop sleep of any engine plus a margin: the grace period must leave the engine
 # time to drain after it (engines/base.py derives the builtin server's --drain-timeout from it).
@@ -102,7 +104,7 @@ _ENV_SOURCE_MESSAGE = "valueFrom needs exactly one of secretKeyRef, configMapKey
 _ENV_VALUE_MESSAGE = "value and valueFrom are exclusive: set one"
 _ENV_FROM_SOURCES = ("configMapRef", "secretRef")
 _ENV_FROM_MESSAGE = "envFrom needs exactly one of configMapRef, secretRef"
-# The pod annotation in which the operator records the keys of spec.pod.annotations (build/drift.py).
+# The pod annotation in which the operator records the keys of spec.pod.annotations (desired/drift.py).
 MANAGED_ANNOTATIONS = "tokenscale.io/pod-annotations"
 _RESERVED_ANNOTATION_MESSAGE = f"{MANAGED_ANNOTATIONS} is the operator's record of the pod annotations"
 _UNIQUE_MOUNT_PATHS = "each mountPath at most once"

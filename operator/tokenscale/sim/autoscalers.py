@@ -11,14 +11,14 @@ import dataclasses
 import math
 
 from tokenscale.api import AutoscalingSpec
+from tokenscale.metrics.promql import TTFT_QUANTILE, TTFT_SLO_QUANTILE
 from tokenscale.policy import decide
 from tokenscale.policy.types import History, ReplicaState, Signals
+from tokenscale.settings import DEFAULT_TICK_SECONDS
 
 from .baselines import HorizontalPodAutoscaler, KnativeKPA, Oracle, StaticReplicas, hpa, keda
 
-TOKENSCALE_TICK_S = 15.0  # the operator's default --tick-seconds
-TTFT_QUANTILE = 0.9
-TTFT_SLO_QUANTILE = 0.99
+TOKENSCALE_TICK_S = DEFAULT_TICK_SECONDS  # the operator's default --tick-seconds
 _SIGNAL_FIELDS = {f.name for f in dataclasses.fields(Signals)}
 
 

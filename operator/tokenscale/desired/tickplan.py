@@ -23,6 +23,7 @@ from typing import Any
 
 from tokenscale.api import AutoscalingMode, InferenceServiceSpec
 from tokenscale.api.models import DecisionRecord, SignalsStatus
+from tokenscale.api.wire import rfc3339
 from tokenscale.policy.history import history_to_status
 from tokenscale.policy.types import Decision, ReplicaState, Signals
 
@@ -40,10 +41,6 @@ BANDED_SIGNALS = ("tokensPerSecond", "tokensPerSecondLong", "promptTokensPerSeco
 # window's samples) is rebuilt within a window and is written with the next material change.
 DURABLE_MEMORY = ("recommendations", "panicUntil", "idleSince", "lastScaleUp", "lastScaleDown")
 WORKLOAD_FIELDS = ("phase", "replicas", "readyReplicas")
-
-
-def rfc3339(timestamp: float) -> str:
-    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_rfc3339(text: str | None) -> float | None:
