@@ -184,6 +184,9 @@ class Autoscaler:
                 self._specs[key] = None  # reported as Degraded by the reconcile handler
         return self._specs[key]
 
+    def _endpoint(self, view: ServiceView, spec: InferenceServiceSpec) -> str:
+        return reconcile.endpoint(self.settings, {"metadata": {"name": view.name, "namespace": view.namespace}}, spec)
+
     def read_signals(self, refs: Iterable[ServiceRef], now: float) -> tuple[dict[ServiceKey, Signals], str | None]:
         """One Prometheus read for every service; an outage is logged when it starts and ends."""
         if self.source is None:
@@ -262,16 +265,15 @@ class Autoscaler:
         if spec.autoscaling.enabled:
             history = memory.history
             if history is None:
-                history = history_from_status(parse_status(dict(view.status)).autoscaler)
+                history = history_from_status(parse_status(view.full_status()).autoscaler)
             observed = with_activation(signals if unavailable is None else Signals(), spec,
                                        view.activation_requested_at, now)
             decision = decide(observed, spec.autoscaling, replicas, history, now)
-        owner = view.owner()
         plan = plan_tick(TickInput(
             name=view.name, namespace=view.namespace, generation=view.generation, spec=spec, status=view.status,
             decision=decision, signals=signals, unavailable=unavailable, no_prometheus=self.source is None,
             replicas=replicas, pods=health, deployment=deployment,
-            endpoint=reconcile.endpoint(self.settings, owner, spec), selector=selector_string(view.name),
+            endpoint=self._endpoint(view, spec), selector=selector_string(view.name),
             now=now, last_write=memory.last_write, settings=self.plan_settings))
         if decision is not None:
             self.metrics.record(
