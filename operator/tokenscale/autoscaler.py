@@ -163,6 +163,7 @@ class Autoscaler:
         self.concurrency = max(1, settings.write_concurrency)
         self.pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="autoscale")
         self._specs: dict[tuple[str, int | None], InferenceServiceSpec | None] = {}
+        self._parsed: dict[int, tuple[Mapping[str, Any], InferenceServiceSpec | None]] = {}  # id(its dict) -> (dict, model)
         self._outage: str | None = None
         self._pending: set[asyncio.Task] = set()
         self.last_report: TickReport | None = None
@@ -178,10 +179,16 @@ class Autoscaler:
     def _spec(self, view: ServiceView) -> InferenceServiceSpec | None:
         key = (view.uid, view.generation)
         if key not in self._specs:
-            try:
-                self._specs[key] = parse_spec(dict(view.spec))
-            except SpecError:
-                self._specs[key] = None  # reported as Degraded by the reconcile handler
+            # Services with the same spec share its dict (WatchedState) and here its parsed model
+            # (about 7 kB each: 70 MB at 10,000 services if every service had its own).
+            shared = self._parsed.get(id(view.spec))
+            if shared is None or shared[0] is not view.spec:
+                try:
+                    parsed = parse_spec(dict(view.spec))
+                except SpecError:
+                    parsed = None  # reported as Degraded by the reconcile handler
+                shared = self._parsed[id(view.spec)] = (view.spec, parsed)
+            self._specs[key] = shared[1]
         return self._specs[key]
 
     def _endpoint(self, view: ServiceView, spec: InferenceServiceSpec) -> str:
@@ -222,6 +229,7 @@ class Autoscaler:
             self.metrics.forget(*key)
         if len(self._specs) > 2 * len(services) + 100:
             self._specs.clear()
+            self._parsed.clear()
         candidates = []
         for view in services:
             key = (view.namespace, view.name)

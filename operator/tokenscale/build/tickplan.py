@@ -55,7 +55,7 @@ class Packed:
     __slots__ = ("data", "digest", "last")
 
     def __init__(self, value: Any):
-        self.data = zlib.compress(json.dumps(value, sort_keys=True, separators=(",", ":")).encode(), 1)
+        self.data = zlib.compress(json.dumps(value, separators=(",", ":")).encode(), 1)
         self.digest = durable_digest(value) if isinstance(value, dict) else None
         self.last = decision_key(value[-1]) if isinstance(value, list) and value else None
 
