@@ -90,19 +90,41 @@ def test_a_crash_looping_pod_is_named_not_shown_as_loading(cluster):
     assert cluster.condition(NS, "crashy", "Ready")["status"] == "True"
 
 
-def test_a_name_too_long_for_a_label_value_is_refused_with_the_servers_words(cluster):
+def test_a_name_too_long_for_a_label_value_is_refused_before_any_child(cluster):
+    # The CRD refuses such a name on create; an object admitted by an older CRD reaches the operator,
+    # which says why instead of sending children the API server would refuse.
     name = "llama-3-1-8b-instruct-for-the-customer-support-team-in-emea-production"  # 70 characters
     cluster.create_service(NS, name, MANUAL)
     degraded = wait_for(lambda: (c := cluster.condition(NS, name, "Degraded")) and c["status"] == "True" and c,
                         message="Degraded")
-    assert degraded["reason"] == "ApplyFailed"
-    message = degraded["message"]
-    assert "Unprocessable Entity" not in message
-    assert f'422 Invalid: Deployment.apps "{name}" is invalid: [metadata.labels: Invalid value: "{name}": ' \
-           "must be no more than 63 characters" in message
-    assert "spec.template.labels" in message
-    events = wait_for(lambda: _warnings(cluster, name, "ApplyFailed"), message="the Warning event")
-    assert events[0].message[:300] == message[:300]  # Events are cut at 1 KiB (kopf, and the API server)
+    assert degraded["reason"] == "InvalidSpec"
+    assert "metadata.name must be at most 63 characters" in degraded["message"]
+    events = wait_for(lambda: _warnings(cluster, name, "InvalidSpec"), message="the Warning event")
+    assert "63 characters" in events[0].message
+    assert not cluster.emulator.live_objects("apps", "v1", "deployments", NS) or all(
+        d["metadata"]["name"] != name for d in cluster.emulator.live_objects("apps", "v1", "deployments", NS))
+
+
+def test_a_refused_deployment_carries_the_servers_message_and_causes(cluster):
+    # What kube-apiserver answers when a validating admission policy or a webhook refuses a field.
+    message = ('Deployment.apps "refused" is invalid: spec.template.spec.containers[0].image: Invalid value: '
+               '"tokenscale/server:test": images must come from registry.example.com')
+    cluster.emulator.faults[("create", "deployments")] = Fault(
+        422, "Invalid", message, times=1000, details={"name": "refused", "group": "apps", "kind": "Deployment",
+        "causes": [{"reason": "FieldValueInvalid", "field": "spec.template.spec.containers[0].image",
+                    "message": "images must come from registry.example.com"}]})
+    try:
+        cluster.create_service(NS, "refused", MANUAL)
+        degraded = wait_for(lambda: (c := cluster.condition(NS, "refused", "Degraded")) and c["status"] == "True"
+                            and c, message="Degraded")
+        assert degraded["reason"] == "ApplyFailed"
+        assert "Unprocessable Entity" not in degraded["message"]
+        assert f"422 Invalid: {message}" in degraded["message"]
+        events = wait_for(lambda: _warnings(cluster, "refused", "ApplyFailed"), message="the Warning event")
+        assert "images must come from registry.example.com" in events[0].message
+    finally:
+        del cluster.emulator.faults[("create", "deployments")]
+        cluster.custom.delete_namespaced_custom_object("tokenscale.io", "v1alpha1", NS, "inferenceservices", "refused")
 
 
 def test_a_refused_service_says_why(cluster):

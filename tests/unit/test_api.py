@@ -336,9 +336,10 @@ def _deployment(desired: int, ready: int, *, stuck: bool = False) -> dict:
 
 
 def _statuses() -> dict[str, dict]:
-    """Statuses as the operator's writers produce them (build.conditions and the autoscaler's reasons)."""
-    from tokenscale.autoscaler import _reason
+    """Statuses as the operator's writers produce them (build.conditions and the tick plan's reasons)."""
     from tokenscale.build import conditions
+    from tokenscale.build.pods import PodHealth, PodProblem
+    from tokenscale.build.tickplan import condition_reason
 
     common = {"generation": 2, "endpoint": "http://svc.default.svc.cluster.local:8000/v1", "selector": "a=b"}
     out = {
@@ -348,11 +349,14 @@ def _statuses() -> dict[str, dict]:
         "scaled-to-zero": conditions.workload_status(_deployment(0, 0), conditions=None, **common),
         "rollout-stuck": conditions.workload_status(_deployment(1, 0, stuck=True), conditions=None, **common),
         "refused-child": conditions.degraded_status(None, reason="ApplyFailed", message="x" * 40_000, generation=2),
+        "crash-loop": conditions.workload_status(_deployment(1, 0), conditions=None, **common, pod_health=PodHealth.of(
+            [PodProblem(pod="svc-5d8-x", state="CrashLoopBackOff", container="server", restarts=7,
+                        detail="OSError: " + "y" * 500)])),
     }
     items = out["ready"]["conditions"]
     for kind, state, rule in [("MetricsAvailable", False, "hold:metricsUnavailable"),
                               ("ScalingActive", True, "Active"), ("ScalingLimited", True, "maxReplicas")]:
-        items = conditions.set_condition(items, kind, state, _reason(rule), "", observed_generation=2)
+        items = conditions.set_condition(items, kind, state, condition_reason(rule), "", observed_generation=2)
     out["autoscaled"] = {**out["ready"], "conditions": items}
     return out
 

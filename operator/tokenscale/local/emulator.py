@@ -269,6 +269,7 @@ class Fault:
     reason: str
     message: str
     times: int = 1_000_000
+    details: dict[str, Any] | None = None  # a Status' details, e.g. a 422's causes
 
 
 # --- the emulator ---------------------------------------------------------------------------
@@ -434,7 +435,7 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
         fault = self.faults.get((verb or "", resource.plural or ""))
         if fault is not None and fault.times > 0:
             self.faults[(verb or "", resource.plural or "")] = dataclasses.replace(fault, times=fault.times - 1)
-            raise ApiError(fault.code, fault.reason, fault.message)
+            raise ApiError(fault.code, fault.reason, fault.message, fault.details)
         async with self._lock:
             if method == "GET" and request.name is None:
                 return aiohttp.web.json_response(self._list(request, resource, info))
