@@ -71,18 +71,19 @@ class Packed:
         return f"Packed({self.value()!r})"
 
 
-def _numbers_as_floats(value: Any) -> Any:
-    """1 and 1.0 compare equal in the status (a real API server may write either)."""
+def _frozen(value: Any) -> Any:
+    """A hashable copy: dicts as sorted item tuples, lists as tuples."""
     if isinstance(value, dict):
-        return {k: _numbers_as_floats(v) for k, v in value.items()}
+        return tuple(sorted((key, _frozen(item)) for key, item in value.items()))
     if isinstance(value, list):
-        return [_numbers_as_floats(v) for v in value]
-    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+        return tuple([_frozen(item) for item in value])
+    return value
 
 
 def durable_digest(memory: dict[str, Any] | None) -> int:
-    """A digest of the policy's memory that must survive a restart (equal memories, equal digests)."""
-    return hash(json.dumps(_numbers_as_floats(_durable(memory)), sort_keys=True, separators=(",", ":")))
+    """A digest of the policy's memory that must survive a restart: equal memories have equal
+    digests (1 and 1.0 included, as a real API server may render either)."""
+    return hash(_frozen(_durable(memory)))
 
 
 def decision_key(record: dict[str, Any]) -> tuple[Any, Any]:
