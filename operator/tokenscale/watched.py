@@ -105,17 +105,23 @@ def deployment_view(body: Mapping[str, Any]) -> DeploymentView:
     }
 
 
+_SCALARS = (int, float, bool, type(None))
+
+
 def _plain(value: Any, intern: bool = False) -> Any:
     """A deep copy as plain dicts and lists (kopf's bodies are views of its own state); `intern`:
-    keys and short strings interned."""
-    if isinstance(value, Mapping):
+    keys and short strings interned. (Exact type checks first: this runs on every watch event.)"""
+    kind = type(value)
+    if kind is str:
+        return sys.intern(value) if intern and len(value) <= 256 else value
+    if kind in _SCALARS:
+        return value
+    if kind is dict or isinstance(value, Mapping):
         if intern:
             return {sys.intern(k): _plain(v, True) for k, v in value.items()}
         return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
+    if kind is list or kind is tuple:
         return [_plain(v, intern) for v in value]
-    if intern and isinstance(value, str) and len(value) <= 256:
-        return sys.intern(value)
     return value
 
 
