@@ -14,7 +14,7 @@ For each count of InferenceServices (default 100, 1,000 and 10,000):
 - then 10% of the services change their load (beyond the signal band): status writes per tick.
 
 The OLD design (the per-service timer before the fleet tick, from git history: `--old-ref`,
-default the commit before build/tickplan.py was added) runs the same way at `--old-counts`, in
+default the commit before desired/tickplan.py was added) runs the same way at `--old-counts`, in
 the same run, and the ratios are printed.
 
     python bench/operator_scale.py [--counts 100 1000 10000] [--old-counts 100 1000] [--json OUT]
@@ -39,7 +39,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "operator"))
 
-from tokenscale.local.emulator import KubernetesEmulator, request_counts, serve, set_latency  # noqa: E402
+from tokenscale.local.emulator import KubernetesEmulator, request_counts, set_latency, start_emulator  # noqa: E402
 from tokenscale.local.fleet import FleetExporter, fleet_names, seed  # noqa: E402
 from tokenscale.local.prometheus import PrometheusServer, ScrapeTarget, free_port, prometheus_binaries  # noqa: E402
 from tokenscale.settings import Settings  # noqa: E402
@@ -54,7 +54,7 @@ SPEC = {"model": {"source": "org/model"}, "engine": {"type": "builtin"}, "resour
 
 
 def _emulator_main(kubeconfig: str, ready, stop) -> None:
-    running = serve(KubernetesEmulator())
+    running = start_emulator(KubernetesEmulator())
     running.write_kubeconfig(kubeconfig)
     ready.set()
     stop.wait()
@@ -99,7 +99,7 @@ def old_tree(ref: str | None, workdir: Path) -> tuple[str, Path] | None:
     try:
         if ref is None:
             added = subprocess.run(["git", "log", "--diff-filter=A", "--format=%H", "--",
-                                    "operator/tokenscale/build/tickplan.py"], cwd=REPO, capture_output=True,
+                                    "operator/tokenscale/desired/tickplan.py"], cwd=REPO, capture_output=True,
                                    text=True, check=True).stdout.split()
             if not added:
                 return None

@@ -1,7 +1,7 @@
 """Scale from zero with the activator: the operator's side (kopf wiring and the cluster I/O).
 
 - `Routes.ensure` / `Routes.remove`: the EndpointSlice `<name>-activator` that sends a serving
-  Service's traffic to the activator (build/routing.py builds it). The autoscaler calls
+  Service's traffic to the activator (desired/routing.py builds it). The autoscaler calls
   `Routes.before_scale_to_zero` before it asks the last replica to stop (and does not scale to
   zero when it fails), and `Routes.sync` whenever replicas change; `route_at_zero` below does the
   same on every serving Deployment event, so a service scaled by hand or an operator restart is
@@ -27,7 +27,6 @@ import time
 from typing import Any
 
 import kopf
-import kubernetes
 
 from tokenscale.api import (
     GROUP,
@@ -38,8 +37,8 @@ from tokenscale.api import (
     SpecError,
     parse_spec,
 )
-from tokenscale.build.labels import MANAGED_BY, SERVICE_LABEL
-from tokenscale.build.routing import (
+from tokenscale.desired.labels import MANAGED_BY, SERVICE_LABEL
+from tokenscale.desired.routing import (
     ACTIVATION_ANNOTATION,
     SERVICE_NAME_LABEL,
     ActivatorEndpoints,
@@ -53,13 +52,13 @@ from tokenscale.build.routing import (
     wakes_from_zero,
 )
 from tokenscale.engines.base import PORT_NAME
+from tokenscale.kube import ApiException, Kube
 
 log = logging.getLogger("tokenscale.activation")
 
 ACTIVATOR_SERVICE_ENV = "TOKENSCALE_ACTIVATOR_SERVICE"
 ACTIVATOR_PORT_NAME = "proxy"  # the activator Service's port (charts/tokenscale, activator-service.yaml)
 REFRESH_SECONDS = 15.0
-MERGE_PATCH = "application/merge-patch+json"
 
 
 def activator_service_from_env() -> tuple[str, str] | None:
@@ -75,9 +74,8 @@ def _json(call: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
 class Routes:
     """The activator slices of one operator; thread-safe (kopf runs sync handlers on threads)."""
 
-    def __init__(self, api_client: kubernetes.client.ApiClient, activator: tuple[str, str] | None) -> None:
-        self.discovery = kubernetes.client.DiscoveryV1Api(api_client)
-        self.apps = kubernetes.client.AppsV1Api(api_client)
+    def __init__(self, kube: Kube, activator: tuple[str, str] | None) -> None:
+        self.discovery, self.apps, self.custom = kube.discovery, kube.apps, kube.custom
         self.activator = activator
         self._lock = threading.Lock()
         self._endpoints: ActivatorEndpoints | None = None
@@ -135,7 +133,7 @@ class Routes:
             try:
                 self.discovery.delete_namespaced_endpoint_slice(activator_slice_name(name), namespace)
                 log.info("%s/%s has a ready replica: its traffic no longer goes through the activator", *key)
-            except kubernetes.client.ApiException as error:
+            except ApiException as error:
                 if error.status != 404:
                     raise
             self._routed[key] = None
@@ -175,7 +173,7 @@ class Routes:
             self.discovery.create_namespaced_endpoint_slice(meta["namespace"], body)
             log.info("%s/%s routed to the activator (%s)", meta["namespace"], meta["name"],
                      ", ".join(endpoints.addresses))
-        except kubernetes.client.ApiException as error:
+        except ApiException as error:
             if error.status != 409:
                 raise
             self.discovery.patch_namespaced_endpoint_slice(
@@ -199,7 +197,7 @@ class Routes:
             return False
         try:
             deployment = _json(self.apps.read_namespaced_deployment, meta["name"], meta["namespace"])
-        except kubernetes.client.ApiException as error:
+        except ApiException as error:
             if error.status == 404:
                 return False
             raise
@@ -224,10 +222,11 @@ def routes(memo: Any) -> Routes:
     if getattr(memo, "routes", None) is None:
         kube = getattr(memo, "kube", None)
         if kube is None:
-            from tokenscale import reconcile, settings
+            from tokenscale import reconcile
+            from tokenscale.settings import Settings
 
-            kube = memo.kube = reconcile.Kube.connect(getattr(memo, "settings", None) or settings.get())
-        memo.routes = Routes(kube.client, activator_service_from_env())
+            kube = memo.kube = reconcile.connect(getattr(memo, "settings", None) or Settings())
+        memo.routes = Routes(kube, activator_service_from_env())
     return memo.routes
 
 
@@ -296,10 +295,9 @@ def route_at_zero(body: kopf.Body, memo: Any, **_: Any) -> None:
     shared.note_replicas(namespace, name, desired)
     if desired > 0 and ready > 0 and shared.known_unrouted(namespace, name):
         return  # serving, and known to have no slice: the common event costs no request
-    api = kubernetes.client.CustomObjectsApi(shared.apps.api_client)
     try:
-        owner = _json(api.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name)
-    except kubernetes.client.ApiException as error:
+        owner = _json(shared.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name)
+    except ApiException as error:
         if error.status == 404:
             return
         raise

@@ -4,7 +4,7 @@
   state (`WatchedState`, an informer-style cache fed by kopf's watch streams), and one
   Prometheus snapshot for all services (one query per signal). No per-tick GETs.
 - decide: `policy.decide` per service (pure).
-- plan: `build.tickplan.plan_tick` per service (pure): the status patch (only on a material
+- plan: `desired.tickplan.plan_tick` per service (pure): the status patch (only on a material
   change or the heartbeat), the scale, the conditions, the Events.
 - act: only what the plans say, with bounded concurrency (the kubernetes client is synchronous:
   its calls run on a bounded thread pool, each with a timeout), every write at the
@@ -30,8 +30,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import kubernetes
-
 from tokenscale import reconcile
 from tokenscale.api import (
     API_VERSION,
@@ -41,10 +39,10 @@ from tokenscale.api import (
     parse_spec,
     parse_status,
 )
-from tokenscale.build import selector_string
-from tokenscale.build.pods import PodHealth, PodProblem
-from tokenscale.build.routing import with_activation
-from tokenscale.build.tickplan import (
+from tokenscale.desired import selector_string
+from tokenscale.desired.pods import PodHealth, PodProblem
+from tokenscale.desired.routing import with_activation
+from tokenscale.desired.tickplan import (
     PlanSettings,
     TickInput,
     TickPlan,
@@ -53,6 +51,7 @@ from tokenscale.build.tickplan import (
     plan_tick,
     signals_status,
 )
+from tokenscale.kube import MERGE_PATCH, ApiException
 from tokenscale.metrics.promql import Grouping, Windows
 from tokenscale.metrics.source import (
     MetricsUnavailable,
@@ -68,7 +67,6 @@ from tokenscale.watched import DeploymentView, ServiceView, WatchedState, deploy
 
 log = logging.getLogger("tokenscale.autoscaler")
 
-MERGE_PATCH = "application/merge-patch+json"
 _VERBS = {"GET": "get", "POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}
 PostEvent = Callable[[dict[str, Any], str, str, str], None]  # (object, type, reason, message)
 
@@ -382,7 +380,7 @@ class Autoscaler:
         try:
             await self._request(report, "PATCH", f"/apis/apps/v1/namespaces/{view.namespace}/deployments/{view.name}",
                                 body)
-        except kubernetes.client.ApiException as error:
+        except ApiException as error:
             if error.status in (404, 409):
                 log.info("not scaling %s/%s this tick: its Deployment changed since it was observed",
                          view.namespace, view.name)
@@ -398,7 +396,7 @@ class Autoscaler:
         try:
             await self._request(report, "PATCH", reconcile.service_path(view.namespace, view.name, "status"), body)
             return True
-        except kubernetes.client.ApiException as error:
+        except ApiException as error:
             if error.status == 404:
                 return False
             if error.status != 409:
@@ -489,7 +487,7 @@ class PeeringGate:
             else:
                 found = self.kube.custom.list_namespaced_custom_object(
                     "kopf.dev", "v1", self.settings.namespaces[0], "kopfpeerings", field_selector=selector)
-        except kubernetes.client.ApiException as error:
+        except ApiException as error:
             log.warning("cannot read the peering object %s: %s", self.settings.peering, error.reason)
             return False
         peering = next(iter(found.get("items") or []), {})

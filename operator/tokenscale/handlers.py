@@ -1,4 +1,4 @@
-"""kopf wiring, nothing else: each handler reads, calls tokenscale.reconcile / tokenscale.build,
+"""kopf wiring, nothing else: each handler reads, calls tokenscale.reconcile / tokenscale.desired,
 and records (status, Events). Handlers return None: kopf would otherwise store results under
 status.<handler>, which the CRD's structural status schema prunes.
 
@@ -12,17 +12,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import os
 from typing import Any
 
 import kopf
-import kubernetes
 
 from tokenscale import activation, autoscaler, reconcile
-from tokenscale import settings as settings_module
 from tokenscale.api import GROUP, PLURAL, VERSION, SpecError
-from tokenscale.build import conditions
-from tokenscale.build.labels import MANAGED_BY, SERVICE_LABEL
-from tokenscale.build.pods import classify_pod
+from tokenscale.desired import conditions
+from tokenscale.desired.labels import MANAGED_BY, SERVICE_LABEL
+from tokenscale.desired.pods import classify_pod
+from tokenscale.kube import ApiException, Kube, api_error_message, load_configuration
 from tokenscale.observability import OperatorMetrics
 from tokenscale.settings import Settings
 
@@ -32,13 +32,45 @@ CONFLICT_RETRY_DELAY = 30.0  # a child's name taken by another object: waits for
 
 
 def _settings(memo: Any) -> Settings:
-    return getattr(memo, "settings", None) or settings_module.get()
+    return getattr(memo, "settings", None) or Settings()  # `tokenscale run` puts them on the memo
 
 
-def _kube(memo: Any) -> reconcile.Kube:
+def _kube(memo: Any) -> Kube:
     if getattr(memo, "kube", None) is None:
-        memo.kube = reconcile.Kube.connect(_settings(memo))
+        memo.kube = reconcile.connect(_settings(memo))
     return memo.kube
+
+
+def kopf_settings(settings: Settings) -> Any:
+    """kopf's OperatorSettings for ours: annotation storage, timeouts, event identity."""
+    ops = kopf.OperatorSettings()
+    # The CRD's status schema is structural and would prune status.kopf: keep kopf's
+    # progress and diff-base in annotations instead.
+    ops.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="tokenscale.io")
+    ops.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="tokenscale.io", key="last-handled-configuration"
+    )
+    ops.persistence.finalizer = "tokenscale.io/finalizer"
+    ops.watching.server_timeout = settings.watch_server_timeout
+    ops.watching.client_timeout = settings.watch_client_timeout
+    ops.watching.connect_timeout = settings.connect_timeout
+    ops.networking.request_timeout = settings.request_timeout
+    ops.networking.connect_timeout = settings.connect_timeout
+    ops.posting.reporting_component = "tokenscale"
+    ops.posting.reporting_instance = os.environ.get("POD_NAME", "tokenscale")
+    ops.posting.event_name_prefix = "tokenscale-"
+    ops.peering.priority = settings.priority
+    # Only the Deployments and Services tokenscale manages: filtered by the API server, so a big
+    # cluster's other workloads never reach the operator.
+    managed = f"app.kubernetes.io/managed-by={MANAGED_BY}"
+    ops.watching.label_selectors["apps", "v1", "deployments"] = managed
+    ops.watching.label_selectors["v1", "services"] = managed
+    # Serving pods only (the autoscaler's index keeps those that cannot start or be scheduled).
+    ops.watching.label_selectors["v1", "pods"] = SERVICE_LABEL
+    # The reconcile handlers are synchronous: enough threads that 1,000 new services' children are
+    # created in parallel against an API server that answers in tens of milliseconds.
+    ops.execution.max_workers = max(8, settings.write_concurrency)
+    return ops
 
 
 # --- operator lifecycle -----------------------------------------------------------------------
@@ -47,7 +79,8 @@ def _kube(memo: Any) -> reconcile.Kube:
 @kopf.on.login()
 def login(memo: Any, **_: Any) -> kopf.ConnectionInfo:
     """kopf talks to the same API server, with the same credentials, as the kubernetes client."""
-    configuration = reconcile.load_configuration(_settings(memo))
+    settings = _settings(memo)
+    configuration = load_configuration(settings.kubeconfig, settings.context)
     header = (configuration.get_api_key_with_prefix("BearerToken")
               or configuration.get_api_key_with_prefix("authorization") or "")
     scheme, _, token = header.partition(" ") if " " in header else (None, "", header or None)
@@ -61,7 +94,7 @@ def login(memo: Any, **_: Any) -> kopf.ConnectionInfo:
 
 @kopf.on.startup()
 def startup(memo: Any, **_: Any) -> None:
-    memo.kube = reconcile.Kube.connect(_settings(memo))
+    memo.kube = reconcile.connect(_settings(memo))
     memo.watched = autoscaler.WatchedState()  # on the operator's memo: every handler's copy shares it
 
 
@@ -103,10 +136,12 @@ async def watch_pods(event: dict[str, Any], body: kopf.Body, memo: Any, **_: Any
 # --- InferenceServices ------------------------------------------------------------------------
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.create(GROUP, VERSION, PLURAL)
-@kopf.on.update(GROUP, VERSION, PLURAL)
-def serve(body: kopf.Body, reason: str, memo: Any, **_: Any) -> None:
+# id="serve": the handler's id in kopf's progress annotations, kept from its earlier name so an
+# upgrade finds the records of objects handled before it.
+@kopf.on.resume(GROUP, VERSION, PLURAL, id="serve")
+@kopf.on.create(GROUP, VERSION, PLURAL, id="serve")
+@kopf.on.update(GROUP, VERSION, PLURAL, id="serve")
+def reconcile_service(body: kopf.Body, reason: str, memo: Any, **_: Any) -> None:
     """Create or update the serving workload of an InferenceService."""
     owner = copy.deepcopy(dict(body))
     settings, kube = _settings(memo), _kube(memo)
@@ -132,9 +167,9 @@ def serve(body: kopf.Body, reason: str, memo: Any, **_: Any) -> None:
     except reconcile.ForeignObjectError as error:
         _degrade(kube, body, owner, "NameConflict", str(error))
         raise kopf.TemporaryError(str(error), delay=CONFLICT_RETRY_DELAY) from None
-    except kubernetes.client.ApiException as error:
+    except ApiException as error:
         # The API server's own words: its message and the field of each cause.
-        message = f"applying the serving workload failed: {reconcile.api_error_message(error)}"
+        message = f"applying the serving workload failed: {api_error_message(error)}"
         _degrade(kube, body, owner, "ApplyFailed", message)
         raise kopf.TemporaryError(message, delay=RETRY_DELAY) from None
     health = watched_state.pod_health(key)
@@ -143,7 +178,7 @@ def serve(body: kopf.Body, reason: str, memo: Any, **_: Any) -> None:
     _announce(body, outcome, verb={"create": "Created", "update": "Updated"}.get(reason, "Reconciled"))
 
 
-def _degrade(kube: reconcile.Kube, body: kopf.Body, owner: dict[str, Any], reason: str, message: str) -> None:
+def _degrade(kube: Kube, body: kopf.Body, owner: dict[str, Any], reason: str, message: str) -> None:
     """Degraded=True with the reason; the Warning event only when that is news (retries stay quiet)."""
     current = (owner.get("status") or {}).get("conditions")
     news = not conditions.condition_is(current, conditions.DEGRADED, True, reason, message)
@@ -154,7 +189,7 @@ def _degrade(kube: reconcile.Kube, body: kopf.Body, owner: dict[str, Any], reaso
         kopf.warn(body, reason=reason, message=message)
 
 
-def _announce(body: Any, outcome: reconcile.Outcome, verb: str) -> None:
+def _announce(body: Any, outcome: reconcile.Applied, verb: str) -> None:
     """One Event for all the children that changed (an Event is a request: one, not four)."""
     changed = [f"{kind} {action}" for kind, action in outcome.actions.items() if action != "unchanged"]
     if changed:

@@ -155,7 +155,7 @@ class OperatorMetrics:
 
     # --- serving --------------------------------------------------------------------------------
 
-    def serve(self, address: str) -> tuple[str, int]:
+    def listen(self, address: str) -> tuple[str, int]:
         """Serve /metrics on HOST:PORT in a daemon thread; returns the bound address (port 0 picks one)."""
         handler = type("Handler", (_MetricsHandler,), {"registry": self.registry})
         host, port = parse_address(address)
@@ -168,10 +168,10 @@ class OperatorMetrics:
         return str(host), int(port)
 
     def serve_or_retry(self, address: str, retry_seconds: float = 60.0) -> tuple[str, int] | None:
-        """`serve`, but an address that cannot be bound (e.g. taken) stops nothing: one error is
+        """`listen`, but an address that cannot be bound (e.g. taken) stops nothing: one error is
         logged, the failure is counted, and binding is retried in the background."""
         try:
-            return self.serve(address)
+            return self.listen(address)
         except OSError as error:
             self.metrics_server_errors.inc()
             log.error("cannot serve the operator's metrics on %s: %s; autoscaling goes on without them, and the "
@@ -181,7 +181,7 @@ class OperatorMetrics:
         def retry() -> None:
             while not self._retrying.wait(retry_seconds):
                 try:
-                    host, port = self.serve(address)
+                    host, port = self.listen(address)
                 except OSError:
                     self.metrics_server_errors.inc()
                     continue

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from tokenscale.api import API_VERSION, KIND
-from tokenscale.build import SERVICE_LABEL
-from tokenscale.build.pods import PodHealth, PodProblem
-from tokenscale.build.routing import activation_requested_at
-from tokenscale.build.tickplan import Packed, unpacked
+from tokenscale.desired import SERVICE_LABEL
+from tokenscale.desired.pods import PodHealth, PodProblem
+from tokenscale.desired.routing import activation_requested_at
+from tokenscale.desired.tickplan import Packed, unpacked
 
 ServiceKey = tuple[str, str]  # (namespace, name)
 
@@ -44,7 +44,7 @@ class ServiceView:
     deleting: bool
     spec: Mapping[str, Any]
     status: Mapping[str, Any]
-    activation_requested_at: float | None = None  # the activator's wake-up stamp (build/routing.py)
+    activation_requested_at: float | None = None  # the activator's wake-up stamp (desired/routing.py)
 
     def full_status(self) -> dict[str, Any]:
         """The cached status as plain dicts (packed fields unpacked)."""

@@ -173,7 +173,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
         prompt_ids = state.tokenizer(text, add_special_tokens=False).input_ids
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         params = _sampling(engine, body, len(prompt_ids), max_tokens)
-        return await _generate(state, request, engine, prompt_ids, params, body, model, chat=True)
+        return await _generate(state, request, engine, prompt_ids=prompt_ids, params=params, body=body, model=model,
+                               chat=True)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -183,7 +184,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
         prompt_ids = _completion_prompt(state, engine, body.prompt)
         max_tokens = body.max_tokens if body.max_tokens is not None else COMPLETIONS_DEFAULT_MAX_TOKENS
         params = _sampling(engine, body, len(prompt_ids), max_tokens)
-        return await _generate(state, request, engine, prompt_ids, params, body, model, chat=False)
+        return await _generate(state, request, engine, prompt_ids=prompt_ids, params=params, body=body, model=model,
+                               chat=False)
 
     return app
 
@@ -268,7 +270,7 @@ def _sampling(engine: Engine, body, prompt_len: int, max_tokens: int | None) -> 
     )
 
 
-async def _generate(state: ServerState, request: Request, engine: Engine, prompt_ids: list[int],
+async def _generate(state: ServerState, request: Request, engine: Engine, *, prompt_ids: list[int],
                     params: SamplingParams, body, model: str, chat: bool):
     prefix = "chatcmpl" if chat else "cmpl"
     request_id = f"{prefix}-{uuid.uuid4().hex}"
@@ -284,12 +286,13 @@ async def _generate(state: ServerState, request: Request, engine: Engine, prompt
     created = int(time.time())
     if body.stream:
         options = body.stream_options
-        chunks = _stream_chunks(state, engine, queue, request_id, model, created, chat,
+        chunks = _stream_chunks(state, engine, queue, request_id=request_id, model=model, created=created, chat=chat,
                                 include_usage=bool(options and options.include_usage),
                                 continuous_usage=bool(options and options.continuous_usage_stats))
         return StreamingResponse(chunks, media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    return await _complete(state, request, engine, queue, request_id, model, created, chat)
+    return await _complete(state, request, engine, queue, request_id=request_id, model=model, created=created,
+                           chat=chat)
 
 
 async def _wait_disconnect(request: Request) -> None:
@@ -299,7 +302,7 @@ async def _wait_disconnect(request: Request) -> None:
             return
 
 
-async def _complete(state, request, engine, queue, request_id, model, created, chat) -> JSONResponse:
+async def _complete(state, request, engine, queue, *, request_id, model, created, chat) -> JSONResponse:
     """Non-streaming: gather the whole output; a client that hangs up frees its slot at once."""
     text: list[str] = []
     watcher = asyncio.create_task(_wait_disconnect(request))
@@ -343,7 +346,7 @@ def _sse(payload) -> str:
     return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
 
 
-async def _stream_chunks(state, engine, queue, request_id, model, created, chat, include_usage,
+async def _stream_chunks(state, engine, queue, *, request_id, model, created, chat, include_usage,
                          continuous_usage) -> AsyncIterator[str]:
     """SSE chunks as OpenAI sends them; if the client goes away, Starlette cancels us and we abort."""
     kind = "chat.completion.chunk" if chat else "text_completion"

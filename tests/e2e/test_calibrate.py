@@ -21,7 +21,7 @@ import pytest
 from tests.server.serverkit import SERVED_NAME, start_server
 from tokenscale.calibrate.client import Endpoint, LoadClient
 from tokenscale.calibrate.plan import LengthMix, StepConfig, poisson_step
-from tokenscale.calibrate.search import PASS, SearchConfig, Slo, late_budget, summarize, verdict
+from tokenscale.calibrate.search import PASS, SearchConfig, Slo, late_budget, step_point, verdict
 from tokenscale.cli import main
 from tokenscale.sim.profiles import get_profile
 
@@ -46,7 +46,7 @@ def _serve_at(url: str, rate: float, seed: int) -> tuple:
             budget = (SLO.ttft_s, late_budget(len(plan), SLO.percentile))  # stop once it has certainly failed
             samples, gauges = await client.run_step(plan, drain_s=60, ttft_budget=budget)
             await client.wait_idle()
-            return summarize(rate, samples, SLO, gauges)
+            return step_point(rate, samples, SLO, gauges)
 
     point = asyncio.run(go())
     return point, verdict(point, SLO, SearchConfig())

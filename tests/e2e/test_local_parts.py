@@ -14,10 +14,10 @@ import aiohttp
 import pytest
 
 from tokenscale.api import parse_spec
-from tokenscale.build.workload import deployment
-from tokenscale.local.children import Children, processes_mentioning
+from tokenscale.desired.workload import deployment
+from tokenscale.local.children import ChildProcesses, processes_mentioning
 from tokenscale.local.demo import REPLICA_ENV, DemoConfig
-from tokenscale.local.emulator import serve
+from tokenscale.local.emulator import start_emulator
 from tokenscale.local.kubelet import Kubelet, free_port, local_server_command
 from tokenscale.local.loadgen import LoadGenerator, PlannedRequest
 from tokenscale.local.router import Router
@@ -48,7 +48,7 @@ async def _wait_ready(urls: list[str], timeout: float = 90) -> None:
 
 
 def test_router_spreads_streams_and_survives_a_draining_replica(tiny_model: Path, tmp_path: Path) -> None:
-    children = Children()
+    children = ChildProcesses()
     ports = [free_port(), free_port()]
     procs = [children.spawn(_serve_argv(tiny_model, port), log_path=tmp_path / f"s{port}.log",
                             env={**os.environ, **REPLICA_ENV}) for port in ports]
@@ -99,7 +99,7 @@ def test_kubelet_runs_a_deployment_as_processes(tiny_model: Path, tmp_path: Path
     built = deployment("tiny-chat", "e2e", spec, replicas=1)
     targets: list[list] = []
     endpoints: list[dict[str, str]] = []
-    children = Children()
+    children = ChildProcesses()
 
     async def scenario(api_url: str) -> None:
         kubelet = Kubelet(
@@ -163,7 +163,7 @@ def test_kubelet_runs_a_deployment_as_processes(tiny_model: Path, tmp_path: Path
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
 
-    api = serve()
+    api = start_emulator()
     try:
         asyncio.run(scenario(api.url))
     finally:

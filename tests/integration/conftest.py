@@ -26,7 +26,7 @@ import kubernetes
 import pytest
 
 from tokenscale.api import GROUP, PLURAL, VERSION
-from tokenscale.local.emulator import RunningEmulator, serve
+from tokenscale.local.emulator import RunningEmulator, start_emulator
 from tokenscale.settings import Settings
 
 T = TypeVar("T")
@@ -135,7 +135,7 @@ class OperatorThread:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    running = serve()
+    running = start_emulator()
     try:
         kubeconfig = running.write_kubeconfig(tmp_path_factory.mktemp("kube") / "config")
         yield Cluster(running, kubeconfig)

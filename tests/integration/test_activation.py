@@ -16,7 +16,8 @@ import yaml
 from tests.integration.conftest import Cluster, OperatorThread, wait_for
 from tests.integration.rbaccheck import AGGREGATED, CHART, allows, api_requests
 from tokenscale.activation import ACTIVATOR_SERVICE_ENV
-from tokenscale.build.routing import ACTIVATION_ANNOTATION, SERVICE_NAME_LABEL, SLICE_MANAGER_LABEL, rfc3339
+from tokenscale.api.wire import rfc3339
+from tokenscale.desired.routing import ACTIVATION_ANNOTATION, SERVICE_NAME_LABEL, SLICE_MANAGER_LABEL
 from tokenscale.settings import Settings
 
 TEST_AGENT = "activation-test"
@@ -79,7 +80,7 @@ def story(cluster: Cluster, discovery) -> None:
 
     # The activator holds a request: the annotation wakes the service at once.
     asked = time.monotonic()
-    cluster.patch_service("team-a", "llama", {"metadata": {"annotations": {ACTIVATION_ANNOTATION: rfc3339(time.time())}}})
+    cluster.patch_service("team-a", "llama", {"metadata": {"annotations": {ACTIVATION_ANNOTATION: rfc3339(time.time(), millis=True)}}})
     wait_for(lambda: cluster.apps.read_namespaced_deployment("llama", "team-a").spec.replicas == 1,
              timeout=5, message="the wake-up 0 -> 1")
     assert time.monotonic() - asked < 3.0
@@ -93,7 +94,7 @@ def story(cluster: Cluster, discovery) -> None:
 
     # Back to zero, as the autoscaler does once the service has been idle (a request's stamp is then
     # old: it counts as demand for 30 s); the stamp left from the last visit wakes nothing.
-    stale = rfc3339(time.time() - 60)
+    stale = rfc3339(time.time() - 60, millis=True)
     cluster.patch_service("team-a", "llama", {"metadata": {"annotations": {ACTIVATION_ANNOTATION: stale}}})
     cluster.apps.patch_namespaced_deployment("llama", "team-a", {"spec": {"replicas": 0}})
     cluster.set_deployment_ready("team-a", "llama", ready=0)

@@ -14,7 +14,7 @@ from tests.integration.conftest import Cluster
 from tests.integration.rbaccheck import CHART, allows, api_requests
 from tokenscale.activator.hosts import KnownService
 from tokenscale.activator.kube import KubeCluster
-from tokenscale.build.routing import (
+from tokenscale.desired.routing import (
     ACTIVATION_ANNOTATION,
     SERVICE_NAME_LABEL,
     SLICE_MANAGER,

@@ -21,7 +21,7 @@ import pytest
 
 from tests.integration.conftest import OperatorThread
 from tokenscale.api import GROUP, PLURAL, VERSION
-from tokenscale.local.emulator import KubernetesEmulator, serve, set_latency
+from tokenscale.local.emulator import KubernetesEmulator, set_latency, start_emulator
 from tokenscale.local.fleet import FleetExporter, fleet_names, seed
 from tokenscale.local.prometheus import PrometheusServer, ScrapeTarget
 from tokenscale.settings import Settings
@@ -39,7 +39,7 @@ SPEC = {"model": {"source": "org/model"}, "engine": {"type": "builtin"}, "resour
 
 def _emulator_process(kubeconfig: str, ready, stop) -> None:
     """The API server in its own process, as a real one is: its CPU is not the operator's."""
-    running = serve(KubernetesEmulator())
+    running = start_emulator(KubernetesEmulator())
     running.write_kubeconfig(kubeconfig)
     ready.set()
     stop.wait()

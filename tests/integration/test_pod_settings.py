@@ -12,8 +12,8 @@ import yaml
 
 from tests.integration.conftest import wait_for
 from tests.unit.test_pod import PLATFORM
-from tokenscale.build.drift import differences
 from tokenscale.commands.render import render
+from tokenscale.desired.drift import differences
 
 pytestmark = pytest.mark.usefixtures("operator")
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import Cluster, wait_for
-from tokenscale.local.emulator import KubernetesEmulator, serve
+from tokenscale.local.emulator import KubernetesEmulator, start_emulator
 
 pytestmark = pytest.mark.usefixtures("operator")
 
@@ -27,7 +27,7 @@ class OldApiServer(KubernetesEmulator):
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    running = serve(OldApiServer())
+    running = start_emulator(OldApiServer())
     try:
         yield Cluster(running, running.write_kubeconfig(tmp_path_factory.mktemp("kube") / "config"))
     finally:

@@ -70,7 +70,7 @@ def test_run_help_and_every_command_without_an_extra(venv):
 
 def test_the_operator_imports_from_the_install(venv):
     # The modules `tokenscale run` loads, from the installed wheel (package data included).
-    code = "import tokenscale.handlers, tokenscale.build.workload, tokenscale.metrics.source, tokenscale; " \
+    code = "import tokenscale.handlers, tokenscale.desired.workload, tokenscale.metrics.source, tokenscale; " \
            "print(tokenscale.__file__)"
     imported = run(venv / "bin" / "python", "-c", code, cwd=venv)
     assert imported.returncode == 0, imported.stderr

@@ -336,10 +336,10 @@ def _deployment(desired: int, ready: int, *, stuck: bool = False) -> dict:
 
 
 def _statuses() -> dict[str, dict]:
-    """Statuses as the operator's writers produce them (build.conditions and the tick plan's reasons)."""
-    from tokenscale.build import conditions
-    from tokenscale.build.pods import PodHealth, PodProblem
-    from tokenscale.build.tickplan import condition_reason
+    """Statuses as the operator's writers produce them (desired.conditions and the tick plan's reasons)."""
+    from tokenscale.desired import conditions
+    from tokenscale.desired.pods import PodHealth, PodProblem
+    from tokenscale.desired.tickplan import condition_reason
 
     common = {"generation": 2, "endpoint": "http://svc.default.svc.cluster.local:8000/v1", "selector": "a=b"}
     out = {

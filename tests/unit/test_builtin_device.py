@@ -5,7 +5,7 @@ from __future__ import annotations
 import kubernetes_validate
 import pytest
 
-from tokenscale import build
+from tokenscale import desired
 from tokenscale.api import parse_spec
 from tokenscale_server.cli import build_parser
 
@@ -14,7 +14,7 @@ def serving_container(gpus: int, extra_args: list[str] | None = None) -> dict:
     spec = parse_spec({"model": {"source": "Qwen/Qwen2.5-0.5B-Instruct"},
                        "engine": {"type": "builtin", "args": extra_args or []},
                        "resources": {"gpus": gpus}})
-    deployment = build.deployment("qwen", "serving", spec, replicas=1)
+    deployment = desired.deployment("qwen", "serving", spec, replicas=1)
     kubernetes_validate.validate(deployment, "1.33", strict=True)
     [container] = deployment["spec"]["template"]["spec"]["containers"]
     return container

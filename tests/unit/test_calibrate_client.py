@@ -12,7 +12,7 @@ from aiohttp import web
 
 from tokenscale.calibrate.client import Endpoint, EndpointError, LoadClient
 from tokenscale.calibrate.plan import PlannedRequest
-from tokenscale.calibrate.search import TTFT, SearchConfig, Slo, late_budget, summarize, verdict
+from tokenscale.calibrate.search import TTFT, SearchConfig, Slo, late_budget, step_point, verdict
 
 
 class FakeServer:
@@ -91,7 +91,7 @@ def test_a_step_streams_counts_tokens_and_reads_gauges() -> None:
     ok = [s for s in samples if s.ok]
     assert len(ok) == 27 and all(s.output_tokens == 6 for s in ok)  # 5 chunks, 6 tokens by the usage
     assert all(s.first_token_at - s.scheduled_at >= 0.01 for s in ok)
-    point = summarize(50.0, samples, Slo(ttft_s=1.0, percentile=50), gauges)
+    point = step_point(50.0, samples, Slo(ttft_s=1.0, percentile=50), gauges)
     assert point.errors == 3 and point.queue_source == "server"
 
 
@@ -109,7 +109,7 @@ def test_a_lost_step_is_cut_short() -> None:
     (samples, _), took = _run(fake, scenario)
     assert took < 2.0  # not the 3 s each answer takes, nor the 30 s drain
     assert len(samples) < 100 and all(s.cut and not s.ok for s in samples)
-    point = summarize(100.0, samples, slo)
+    point = step_point(100.0, samples, slo)
     assert point.cut_short and point.errors == 0
     assert verdict(point, slo, SearchConfig()) == TTFT
 

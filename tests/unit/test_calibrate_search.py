@@ -1,5 +1,5 @@
 """The calibration search on synthetic latency curves: the coarse sweep, the bisection, the stop on
-saturation and errors, the knee, the suggested targets, and `summarize` on hand-made requests."""
+saturation and errors, the knee, the suggested targets, and `step_point` on hand-made requests."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from tokenscale.calibrate.search import (
     Slo,
     knee,
     percentile,
+    step_point,
     suggest,
-    summarize,
 )
 
 OUTPUT = 100  # tokens per request in the synthetic replicas
@@ -203,7 +203,7 @@ def test_the_knee_is_where_latency_turns_up() -> None:
     assert knee(flat) is None
 
 
-# --- summarize --------------------------------------------------------------------------------
+# --- step_point --------------------------------------------------------------------------------
 
 
 def _request(at: float, ttft: float, tokens: int, itl: float, ok: bool = True) -> RequestSample:
@@ -217,7 +217,7 @@ def _request(at: float, ttft: float, tokens: int, itl: float, ok: bool = True) -
 def test_summarize_a_steady_step() -> None:
     # 10 requests/s for 20 s, each 0.1 s to its first token then 20 tokens at 10 ms
     samples = [_request(i * 0.1, 0.1, 20, 0.01) for i in range(200)]
-    point = summarize(10.0, samples, Slo(ttft_s=1.0, percentile=99))
+    point = step_point(10.0, samples, Slo(ttft_s=1.0, percentile=99))
     assert point.errors == 0 and point.requests == 200
     assert point.tokens_per_second == pytest.approx(200.0, rel=0.03)
     assert point.ttft_s == pytest.approx(0.1) and point.itl_s == pytest.approx(0.01)
@@ -230,12 +230,12 @@ def test_summarize_a_steady_step() -> None:
 def test_failed_requests_are_errors_never_throughput() -> None:
     good = [_request(i * 0.1, 0.1, 20, 0.01) for i in range(200)]
     failed = [_request(i * 0.1 + 0.05, 0.1, 20, 0.01, ok=False) for i in range(0, 200, 20)]
-    point = summarize(10.5, good + failed, Slo(ttft_s=1.0, percentile=99))
+    point = step_point(10.5, good + failed, Slo(ttft_s=1.0, percentile=99))
     assert point.errors == 10
     assert point.tokens_per_second == pytest.approx(200.0, rel=0.03)  # the failed ones add nothing
     assert math.isinf(point.ttft_s)  # 10 of 210 failed: the p99 is a failure
     assert verdict_of(point) == ERRORS
-    assert summarize(10.5, good + failed, Slo(ttft_s=1.0, percentile=90)).ttft_s == pytest.approx(0.1)
+    assert step_point(10.5, good + failed, Slo(ttft_s=1.0, percentile=90)).ttft_s == pytest.approx(0.1)
 
 
 def test_a_backlog_shows_as_completions_lagging_arrivals() -> None:
@@ -246,7 +246,7 @@ def test_a_backlog_shows_as_completions_lagging_arrivals() -> None:
         done_by = 0.2 * (i + 1)
         samples.append(RequestSample(at, 32, True, first_token_at=done_by - 0.1, last_token_at=done_by,
                                      finished_at=done_by, output_tokens=10))
-    point = summarize(10.0, samples, Slo(ttft_s=100.0))
+    point = step_point(10.0, samples, Slo(ttft_s=100.0))
     assert point.backlog_ratio == pytest.approx(0.5, abs=0.05)
     assert verdict_of(point, ttft=100.0) == SATURATED
 
@@ -254,7 +254,7 @@ def test_a_backlog_shows_as_completions_lagging_arrivals() -> None:
 def test_server_gauges_replace_the_client_side_queue() -> None:
     samples = [_request(i * 0.1, 0.1, 20, 0.01) for i in range(100)]
     gauges = [GaugeSample(at=t * 0.5, waiting=float(t % 4), running=8.0, kv_usage=0.5) for t in range(20)]
-    point = summarize(10.0, samples, Slo(ttft_s=1.0), gauges)
+    point = step_point(10.0, samples, Slo(ttft_s=1.0), gauges)
     assert point.queue_source == "server"
     assert point.waiting == 3.0 and point.running == 8.0 and point.kv_usage == 0.5
 

@@ -23,7 +23,7 @@ from tests.conftest import REPO
 from tests.support import crdcheck
 from tokenscale.api import parse_spec
 from tokenscale.api.crd import crd
-from tokenscale.build import deployment
+from tokenscale.desired import deployment
 from tokenscale.engines.builtin import BuiltinAdapter
 
 EXAMPLES = sorted((REPO / "manifests" / "examples").glob("*.yaml"))

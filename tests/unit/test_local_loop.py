@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from tokenscale.api import parse_spec
-from tokenscale.build.workload import deployment
-from tokenscale.local.children import Children, processes_mentioning
+from tokenscale.desired.workload import deployment
+from tokenscale.local.children import ChildProcesses, processes_mentioning
 from tokenscale.local.demo import DemoConfig
 from tokenscale.local.kubelet import (
     UnsupportedContainer,
@@ -24,7 +24,14 @@ from tokenscale.local.kubelet import (
     local_server_command,
 )
 from tokenscale.local.loadgen import PlannedRequest, RampShape, RequestResult, from_trace, offered_rps, ramp
-from tokenscale.local.report import DecisionPoint, RunRecord, Sample, capacity_crossing, percentile, summarize
+from tokenscale.local.report import (
+    DecisionPoint,
+    RunRecord,
+    Sample,
+    capacity_crossing,
+    percentile,
+    run_summary,
+)
 
 # --- load plans ---------------------------------------------------------------------------------
 
@@ -109,7 +116,7 @@ def test_capacity_crossing_and_summary() -> None:
     assert crossing == pytest.approx(9.8, abs=0.11)
     shifted = RunRecord(**{**record.__dict__, "plan": [PlannedRequest(r.at + 5, 10, 50) for r in record.plan]})
     assert capacity_crossing(shifted) == pytest.approx(crossing + 5, abs=0.11)
-    summary = summarize(record)
+    summary = run_summary(record)
     assert summary["requests_total"] == 410
     assert summary["requests_served"] == 408
     assert summary["requests_rejected_429"] == 1
@@ -158,7 +165,7 @@ def test_other_engines_are_refused_with_a_reason() -> None:
 
 def test_stop_all_leaves_nothing(tmp_path: Path) -> None:
     marker = str(tmp_path / "marker")
-    children = Children()
+    children = ChildProcesses()
     # A shell that starts a grandchild: the whole process group must go.
     sleeper = f"{sys.executable} -c 'import time; time.sleep(60)' {marker}"
     children.spawn(["sh", "-c", f"{sleeper} & {sleeper}; wait"], log_path=tmp_path / "log")
@@ -176,8 +183,8 @@ def test_children_die_with_a_killed_parent(tmp_path: Path) -> None:
     parent = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys
         import time
-        from tokenscale.local.children import Children
-        Children().spawn([sys.executable, "-c", "import time; time.sleep(60)", {marker!r}])
+        from tokenscale.local.children import ChildProcesses
+        ChildProcesses().spawn([sys.executable, "-c", "import time; time.sleep(60)", {marker!r}])
         print("spawned", flush=True)
         time.sleep(60)
     """)], stdout=subprocess.PIPE)

@@ -17,7 +17,7 @@ from tokenscale.settings import Settings
 @pytest.fixture
 def served():
     metrics = OperatorMetrics()
-    host, port = metrics.serve("127.0.0.1:0")
+    host, port = metrics.listen("127.0.0.1:0")
     yield metrics, f"http://{host}:{port}/metrics"
     metrics.close()
 
@@ -124,7 +124,7 @@ def test_bad_addresses_are_refused(address):
 def test_an_ipv6_address_is_served():
     metrics = OperatorMetrics()
     try:
-        host, port = metrics.serve("[::1]:0")
+        host, port = metrics.listen("[::1]:0")
     except OSError:
         pytest.skip("no IPv6 loopback here")
     try:

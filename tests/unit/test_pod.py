@@ -11,10 +11,10 @@ import kubernetes_validate
 import pytest
 
 from tests.support import crdcheck
-from tokenscale import build
+from tokenscale import desired
 from tokenscale.api import EngineType, SpecError, parse_spec
 from tokenscale.api.crd import crd
-from tokenscale.build.drift import MANAGED_ANNOTATIONS, differences, overlay
+from tokenscale.desired.drift import MANAGED_ANNOTATIONS, differences, overlay
 from tokenscale.engines import adapter_for
 
 K8S_VERSION = "1.33"
@@ -75,7 +75,7 @@ def platform_spec(engine: str = "vllm", **pod: Any) -> dict[str, Any]:
 
 
 def deployment_of(raw: dict[str, Any], name: str = "chat") -> dict[str, Any]:
-    return build.children(name, "serving", parse_spec(raw), current_replicas=None).deployment
+    return desired.children(name, "serving", parse_spec(raw), current_replicas=None).deployment
 
 
 def resource(spec: dict[str, Any]) -> dict[str, Any]:
@@ -224,7 +224,7 @@ def test_every_engine_carries_the_pod_settings_into_a_valid_deployment(engine):
                                     {"prefix": "TUNING_", "configMapRef": {"name": "engine-tuning",
                                                                            "optional": True}}]
     spread = pod["topologySpreadConstraints"]
-    assert spread[0]["labelSelector"] == {"matchLabels": build.selector_labels("chat")}  # its own pods
+    assert spread[0]["labelSelector"] == {"matchLabels": desired.selector_labels("chat")}  # its own pods
     assert spread[1]["labelSelector"] == {"matchLabels": {"team": "search"}}
     assert spread[1]["matchLabelKeys"] == ["pod-template-hash"] and spread[1]["nodeTaintsPolicy"] == "Honor"
 

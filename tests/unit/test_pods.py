@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tokenscale.build import conditions
-from tokenscale.build.pods import PodHealth, classify_pod
+from tokenscale.desired import conditions
+from tokenscale.desired.pods import PodHealth, classify_pod
 
 
 def pod(name="chat-abc", *, waiting=None, last=None, terminated=None, restarts=0, started=None, ready=False,

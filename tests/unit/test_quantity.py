@@ -1,4 +1,4 @@
-"""build/drift.py's pure quantity parser against the kubernetes client's parse_quantity.
+"""desired/drift.py's pure quantity parser against the kubernetes client's parse_quantity.
 
 build/ may not import the client (pyproject's import-linter contract), so it keeps its own
 parser; here the client's is the reference for every quantity the API server accepts.
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from kubernetes.utils import parse_quantity as client_parse_quantity
 
 from tokenscale.api.models import QUANTITY_PATTERN
-from tokenscale.build.drift import parse_quantity
+from tokenscale.desired.drift import parse_quantity
 
 # "No quantity may represent a number greater than 2^63-1 in magnitude" (the Quantity API docs).
 LARGEST = 2**63 - 1

@@ -13,7 +13,7 @@ import yaml
 
 from tests.conftest import REPO
 from tests.unit.test_pod import PLATFORM
-from tokenscale import build
+from tokenscale import desired
 from tokenscale.api import parse_spec
 from tokenscale.commands.render import RenderError, render
 from tokenscale.settings import Settings
@@ -36,10 +36,10 @@ def kinds(objects: list[dict[str, Any]]) -> list[str]:
 
 
 def test_render_is_what_the_reconciler_builds():
-    """The same call as reconcile.realise (build.operator_children) with the operator's defaults."""
+    """The same call as reconcile.realise (desired.operator_children) with the operator's defaults."""
     spec = {**copy.deepcopy(PLATFORM), "monitoring": {"podMonitor": True}}
     objects = render(yaml.safe_dump(inference_service("chat", spec)), Settings())
-    wanted = build.operator_children("chat", "serving", parse_spec(spec), Settings(), current_replicas=None)
+    wanted = desired.operator_children("chat", "serving", parse_spec(spec), Settings(), current_replicas=None)
     assert objects == [wanted.deployment, wanted.service, wanted.pod_disruption_budget, wanted.pod_monitor]
     assert kinds(objects) == ["Deployment", "Service", "PodDisruptionBudget", "PodMonitor"]
     for obj in objects[:3]:

@@ -7,7 +7,8 @@ import pytest
 
 from tokenscale.api import parse_spec
 from tokenscale.api.models import AutoscalingSpec
-from tokenscale.build.routing import (
+from tokenscale.api.wire import rfc3339
+from tokenscale.desired.routing import (
     ACTIVATION_ANNOTATION,
     SERVICE_NAME_LABEL,
     SLICE_MANAGER,
@@ -17,7 +18,6 @@ from tokenscale.build.routing import (
     activation_signal,
     activator_slice,
     ready_addresses,
-    rfc3339,
     routes_to_activator,
     uses_activator,
     wakes_from_zero,
@@ -101,7 +101,7 @@ def test_only_a_request_newer_than_the_scale_to_zero_wakes_it() -> None:
 
 
 def test_stamps_round_trip_with_milliseconds() -> None:
-    stamp = rfc3339(1_790_000_000.123)
+    stamp = rfc3339(1_790_000_000.123, millis=True)
     assert stamp.endswith(".123Z")
     assert activation_requested_at({ACTIVATION_ANNOTATION: stamp}) == pytest.approx(1_790_000_000.123)
 

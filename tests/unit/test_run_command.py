@@ -81,3 +81,27 @@ def test_environment_variables_are_defaults_and_flags_win(monkeypatch):
 def test_invalid_combinations_are_refused(argv):
     with pytest.raises(ValueError):
         parse(argv)
+
+
+def test_every_variable_the_chart_sets_is_a_setting():
+    """The chart's env block names only variables `tokenscale run` reads (a typo, or a renamed
+    setting, would be silently ignored by the operator otherwise)."""
+    import re
+    from pathlib import Path
+
+    from tokenscale.activation import ACTIVATOR_SERVICE_ENV
+    from tokenscale.settings import env_name, options
+
+    template = Path(__file__).parents[2] / "charts" / "tokenscale" / "templates" / "deployment.yaml"
+    in_chart = set(re.findall(r"-\s+name:\s+(TOKENSCALE_[A-Z0-9_]+)", template.read_text()))
+    known = {env_name(opt.flag_for(f.name)) for f, opt in options()} | {ACTIVATOR_SERVICE_ENV}
+    assert len(in_chart) > 10  # the pattern still finds the block
+    assert in_chart <= known, f"the chart sets variables no setting reads: {sorted(in_chart - known)}"
+
+
+def test_every_setting_declares_its_flag():
+    from tokenscale.settings import options
+
+    assert len(options()) == len(dataclasses.fields(Settings))
+    flags = [opt.flag_for(f.name) for f, opt in options()]
+    assert len(set(flags)) == len(flags)

@@ -9,7 +9,7 @@ import pytest
 
 from tokenscale.cli import main
 from tokenscale.sim import workload as wl
-from tokenscale.sim.autoscalers import POLICY_NAMES
+from tokenscale.sim.bench import BENCH_POLICIES, FIXED_ROWS
 
 SERVICE_YAML = """\
 apiVersion: tokenscale.io/v1alpha1
@@ -33,16 +33,16 @@ def test_quick_bench_writes_the_documented_json(tmp_path):
     assert report["settings"]["cluster_seeds"] == 1
     lines = table.read_text().splitlines()
     assert lines[0].startswith("| trace | 1-min peak/mean | policy | GPU-h at SLO | within SLO | worst seed |")
-    assert len(lines) == 2 + 4 * len(POLICY_NAMES) and all(line.count("|") == 12 for line in lines)
+    assert len(lines) == 2 + 4 * len(BENCH_POLICIES) and all(line.count("|") == 13 for line in lines)
     assert [t["trace"] for t in report["traces"]] == ["poisson", "bursty", "diurnal", "flash-crowd"]
     for trace in report["traces"]:
         assert set(trace) == {"trace", "peak_to_mean", "policies"}
         assert trace["peak_to_mean"] >= 1.0
-        assert [p["policy"] for p in trace["policies"]] == list(POLICY_NAMES)
+        assert [p["policy"] for p in trace["policies"]] == list(BENCH_POLICIES)
         by_name = {p["policy"]: p for p in trace["policies"]}
         for row in trace["policies"]:
-            assert set(row) == {"policy", "gpu_hours_at_slo", "slo_attainment", "ratio_to_best_baseline",
-                                "ratio_to_oracle"}
+            assert set(row) == {"policy", "gpu_hours_at_slo", "gpu_hours", "slo_attainment",
+                                "ratio_to_best_baseline", "ratio_to_oracle", "ratio_to_tokenscale"}
             assert 0.0 <= row["slo_attainment"] <= 1.0
             if row["gpu_hours_at_slo"] is not None:
                 assert row["slo_attainment"] >= 0.99
@@ -58,6 +58,10 @@ def test_quick_bench_writes_the_documented_json(tmp_path):
         if by_name["tokenscale"]["gpu_hours_at_slo"] is not None:
             expected = by_name["tokenscale"]["gpu_hours_at_slo"] / best
             assert by_name["tokenscale"]["ratio_to_best_baseline"] == pytest.approx(expected, abs=1e-3)
+            # the untuned rows: one run each, compared with the tuned tokenscale whether or not they met it
+            for row in FIXED_ROWS:
+                expected = by_name[row]["gpu_hours"] / by_name["tokenscale"]["gpu_hours_at_slo"]
+                assert by_name[row]["ratio_to_tokenscale"] == pytest.approx(expected, abs=1e-3)
 
 
 def test_simulate_replays_a_user_csv_against_a_user_spec(tmp_path, capsys):

@@ -11,9 +11,9 @@ import copy
 import pytest
 
 from tokenscale.api import parse_spec, parse_status
-from tokenscale.build.conditions import get_condition
-from tokenscale.build.pods import PodHealth, PodProblem
-from tokenscale.build.tickplan import Packed, PlanSettings, TickInput, durable_digest, moved, plan_tick
+from tokenscale.desired.conditions import get_condition
+from tokenscale.desired.pods import PodHealth, PodProblem
+from tokenscale.desired.tickplan import Packed, PlanSettings, TickInput, durable_digest, moved, plan_tick
 from tokenscale.policy import ReplicaState, Signals, decide, history_from_status
 from tokenscale.watched import slim_status
 
@@ -218,7 +218,7 @@ def test_the_heartbeat_bounds_the_age_of_sampled_at(heartbeat):
             signals=steady(), unavailable=None, no_prometheus=False, replicas=ReplicaState(2, 2), pods=PodHealth(),
             deployment=deployment(2, 2), endpoint="e", selector="s", now=now, settings=settings))
         service.status = merge(service.status, plan.status_patch)
-        from tokenscale.build.tickplan import parse_rfc3339
+        from tokenscale.desired.tickplan import parse_rfc3339
 
         ages.append(now - parse_rfc3339(service.status["signals"]["sampledAt"]))
     assert max(ages) < heartbeat

@@ -20,11 +20,11 @@ import aiohttp
 from tokenscale.activator.hosts import KnownService, ServiceKey
 from tokenscale.activator.proxy import ClusterUnavailable
 from tokenscale.api import GROUP, PLURAL, VERSION, SpecError, parse_spec
-from tokenscale.build.routing import (
+from tokenscale.api.wire import MERGE_PATCH, rfc3339
+from tokenscale.desired.routing import (
     ACTIVATION_ANNOTATION,
     SERVICE_NAME_LABEL,
     ready_addresses,
-    rfc3339,
     uses_activator,
 )
 from tokenscale.engines.base import PORT_NAME
@@ -35,16 +35,9 @@ class KubeCluster:
 
     def __init__(self, *, kubeconfig: str | None = None, context: str | None = None,
                  namespaces: tuple[str, ...] = (), timeout_seconds: float = 10.0) -> None:
-        from kubernetes import client, config  # only for reading the credentials
+        from tokenscale.kube import load_configuration  # only for reading the credentials
 
-        configuration = client.Configuration()
-        if kubeconfig is None:
-            try:
-                config.load_incluster_config(client_configuration=configuration)
-            except config.ConfigException:
-                config.load_kube_config(context=context, client_configuration=configuration)
-        else:
-            config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration)
+        configuration = load_configuration(kubeconfig, context)
         self._configuration = configuration
         self.host = configuration.host.rstrip("/")
         self.namespaces = namespaces
@@ -128,10 +121,10 @@ class KubeCluster:
 
     async def request_activation(self, key: ServiceKey) -> None:
         namespace, name = key
-        patch = {"metadata": {"annotations": {ACTIVATION_ANNOTATION: rfc3339(time.time())}}}
+        patch = {"metadata": {"annotations": {ACTIVATION_ANNOTATION: rfc3339(time.time(), millis=True)}}}
         status, body = await self._call(
             "PATCH", f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}",
-            json=patch, content_type="application/merge-patch+json")
+            json=patch, content_type=MERGE_PATCH)
         if status >= 300:
             message = (body or {}).get("message") if isinstance(body, dict) else None
             raise ClusterUnavailable(f"waking {namespace}/{name}: HTTP {status} {message or ''}".strip())

@@ -32,7 +32,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from tokenscale.activator.hosts import KnownService, ServiceKey, Unresolved, resolve
-from tokenscale.build.routing import ACTIVATION_REFRESH_SECONDS
+from tokenscale.desired.routing import ACTIVATION_REFRESH_SECONDS
 
 log = logging.getLogger("tokenscale.activator")
 

@@ -16,6 +16,8 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from tokenscale.api.labels import ENGINE_LABEL, SERVICE_LABEL
+
 GROUP = "tokenscale.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -86,11 +88,11 @@ LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
 # Names the operator gives its own volumes and mount paths (engines/base.py): never the user's.
 RESERVED_VOLUMES = ("dshm", "model-cache", "tmp")
 RESERVED_MOUNT_PATHS = ("/dev/shm", "/models", "/tmp")
-# Labels the operator sets on every pod (build/labels.py): the selector and the service label among
+# Labels the operator sets on every pod (desired/labels.py): the selector and the service label among
 # them, so a pod label of the same key is rejected rather than silently overridden.
 RESERVED_POD_LABELS = (
     "app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/component",
-    "app.kubernetes.io/managed-by", "app.kubernetes.io/part-of", "tokenscale.io/service", "tokenscale.io/engine",
+    "app.kubernetes.io/managed-by", "app.kubernetes.io/part-of", SERVICE_LABEL, ENGINE_LABEL,
 )
 # The longest preStop sleep of any engine plus a margin: the grace period must leave the engine
 # time to drain after it (engines/base.py derives the builtin server's --drain-timeout from it).
@@ -102,7 +104,7 @@ _ENV_SOURCE_MESSAGE = "valueFrom needs exactly one of secretKeyRef, configMapKey
 _ENV_VALUE_MESSAGE = "value and valueFrom are exclusive: set one"
 _ENV_FROM_SOURCES = ("configMapRef", "secretRef")
 _ENV_FROM_MESSAGE = "envFrom needs exactly one of configMapRef, secretRef"
-# The pod annotation in which the operator records the keys of spec.pod.annotations (build/drift.py).
+# The pod annotation in which the operator records the keys of spec.pod.annotations (desired/drift.py).
 MANAGED_ANNOTATIONS = "tokenscale.io/pod-annotations"
 _RESERVED_ANNOTATION_MESSAGE = f"{MANAGED_ANNOTATIONS} is the operator's record of the pod annotations"
 _UNIQUE_MOUNT_PATHS = "each mountPath at most once"
@@ -183,6 +185,11 @@ class MetricsUnavailableAction(StrEnum):
 class BurstBaseline(StrEnum):
     Low = "Low"
     Peak = "Peak"
+
+
+class CapacitySource(StrEnum):
+    Spec = "Spec"
+    Learned = "Learned"
 
 
 class ModelSpec(_Model):
@@ -641,6 +648,43 @@ _MIN_ZERO_MESSAGE = (
 )
 
 
+class SloSpec(_Model):
+    ttft_seconds: float = Field(
+        gt=0, le=600, description="Time to first token the service must meet at `percentile`."
+    )
+    percentile: float = Field(
+        default=99.0,
+        ge=50,
+        le=99.9,
+        description="Share of requests (percent) that must meet ttftSeconds. The operator reads the TTFT "
+        "histogram's p90 and p99; a percentile is judged on the first of them at or above it (p99 "
+        "above 99).",
+    )
+    itl_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        le=60,
+        description="Optional mean inter-token latency target (running requests / generated tokens/s: "
+        "one decode step gives each running sequence one token).",
+    )
+
+
+class CapacitySpec(_Model):
+    source: CapacitySource = Field(
+        default=CapacitySource.Spec,
+        description="Spec: targetTokensPerSecondPerReplica is the capacity per replica. Learned: the "
+        "operator estimates it at the SLO (autoscaling.slo) from the signals it reads, and uses "
+        "targetTokensPerSecondPerReplica until the estimate is confident (status.autoscaler.capacity).",
+    )
+    max_change_per_hour: float = Field(
+        default=8.0,
+        ge=1.1,
+        le=100,
+        description="Learned: the estimate changes by at most this factor per hour, up or down (8: at "
+        "most doubling or halving in 20 minutes).",
+    )
+
+
 class AutoscalingSpec(_Model):
     model_config = ConfigDict(
         json_schema_extra={
@@ -660,6 +704,11 @@ class AutoscalingSpec(_Model):
                 {
                     "rule": "self.onMetricsUnavailable != 'ScaleTo' || has(self.fallbackReplicas)",
                     "message": "onMetricsUnavailable: ScaleTo needs fallbackReplicas",
+                },
+                {
+                    "rule": "!has(self.capacity) || !has(self.capacity.source) || "
+                    "self.capacity.source != 'Learned' || has(self.slo)",
+                    "message": "capacity.source: Learned needs slo: the capacity is learned at the latency target",
                 },
                 {
                     "rule": "!has(self.fallbackReplicas) || (self.fallbackReplicas >= self.minReplicas "
@@ -763,6 +812,17 @@ class AutoscalingSpec(_Model):
         "the bursts (Low) or than the gaps between them (Peak).",
     )
 
+    slo: SloSpec | None = Field(
+        default=None,
+        description="The latency target (TTFT at a percentile, optionally mean inter-token latency) "
+        "the capacity per replica is learned at (capacity.source: Learned).",
+    )
+    capacity: CapacitySpec | None = Field(
+        default=None,
+        description="Where the capacity per replica comes from: the spec's target (default), or learned "
+        "at the SLO.",
+    )
+
     @property
     def holds_burst_headroom(self) -> bool:
         """The headroom rule is on: a multiple above 1, or any multiple of the window's peak."""
@@ -782,6 +842,8 @@ class AutoscalingSpec(_Model):
             self.min_replicas <= self.fallback_replicas <= self.max_replicas
         ):
             raise ValueError("fallbackReplicas must lie within [minReplicas, maxReplicas]")
+        if self.capacity is not None and self.capacity.source == CapacitySource.Learned and self.slo is None:
+            raise ValueError("capacity.source: Learned needs slo: the capacity is learned at the latency target")
         return self
 
 
@@ -1064,6 +1126,32 @@ class DemandSample(_Status):
     tokens_per_second: float = Field(description="Generated tokens/s.")
 
 
+class LearnedCapacity(_Status):
+    tokens_per_second_per_replica: float | None = Field(
+        default=None,
+        description="The learned capacity per replica at the SLO (none until confident); decisions use 90% of it.",
+    )
+    samples: int = Field(default=0, description="Observations that bounded the capacity so far.")
+    confidence: float = Field(default=0.0, description="0..1: samples against those needed before use.")
+    last_moved: float | None = Field(default=None, description="Unix time the estimate last changed.")
+    lower_bound: float | None = Field(
+        default=None, description="Highest tokens/s per replica served comfortably within the SLO."
+    )
+    lower_bound_time: float | None = Field(default=None, description="Unix time of lowerBound.")
+    upper_bound: float | None = Field(
+        default=None, description="Lowest tokens/s per replica seen at or over the SLO."
+    )
+    upper_bound_time: float | None = Field(default=None, description="Unix time of upperBound.")
+    updated_at: float | None = Field(default=None, description="Unix time of the last update.")
+    ready: int | None = Field(default=None, description="Ready replicas at the last update.")
+    ready_fell_at: float | None = Field(default=None, description="Unix time the ready count last fell.")
+    ready_rose_at: float | None = Field(default=None, description="Unix time the ready count last rose.")
+    regime: str | None = Field(
+        default=None, description="What the last ticks showed: upper (near or over the SLO), lower (unsaturated)."
+    )
+    regime_since: float | None = Field(default=None, description="Unix time the regime began.")
+
+
 class AutoscalerState(_Status):
     recommendations: list[RecommendationRecord] = Field(
         default_factory=list, description="Recent recommendations, for the stabilisation windows."
@@ -1080,6 +1168,9 @@ class AutoscalerState(_Status):
         default_factory=list,
         description="Generated tokens/s samples of burstWindowSeconds that may still become its low "
         "(or peak): the first is the baseline demand.",
+    )
+    capacity: LearnedCapacity | None = Field(
+        default=None, description="The learned capacity per replica and its evidence (capacity.source: Learned)."
     )
 
 

@@ -1,6 +1,6 @@
 """The calibration search, pure: no clock, no network.
 
-A *step* offers Poisson arrivals at one rate; the load client records each request. `summarize`
+A *step* offers Poisson arrivals at one rate; the load client records each request. `step_point`
 turns those records into a `Point` (tokens/s, TTFT and ITL at the SLO percentile, errors, the
 backlog's growth, the queue). `Search` says which rate to measure next: it doubles the rate
 while steps pass (the coarse sweep), and once a step fails it bisects between the highest rate
@@ -158,7 +158,7 @@ def _overlap(start: float, end: float, window: tuple[float, float]) -> float:
     return max(0.0, min(end, window[1]) - max(start, window[0]))
 
 
-def summarize(
+def step_point(
     rate: float,
     samples: Sequence[RequestSample],
     slo: Slo,

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 from .client import LoadClient
 from .plan import LengthMix, StepConfig, poisson_step
 from .progress import Progress
-from .search import Search, SearchConfig, Slo, late_budget, summarize
+from .search import Search, SearchConfig, Slo, late_budget, step_point
 
 
 @dataclass
@@ -22,14 +22,14 @@ class Calibration:
 
 
 @dataclass
-class Outcome:
+class Calibrated:
     search: Search
     service_time_s: float | None
     words_per_token: float
     server_gauges: bool
 
 
-async def calibrate(client: LoadClient, calibration: Calibration, progress: Progress) -> Outcome:
+async def calibrate(client: LoadClient, calibration: Calibration, progress: Progress) -> Calibrated:
     await client.prepare()
     lengths = calibration.lengths
     service_time = None
@@ -57,13 +57,13 @@ async def calibrate(client: LoadClient, calibration: Calibration, progress: Prog
         budget = (calibration.slo.ttft_s, late_budget(len(plan), calibration.slo.percentile))
         samples, gauges = await client.run_step(plan, drain_s=calibration.step.drain_s, on_done=progress.advance,
                                                 ttft_budget=budget)
-        point = summarize(rate, samples, calibration.slo, gauges)
+        point = step_point(rate, samples, calibration.slo, gauges)
         outcome = search.record(point, phase)
         progress.end_step(point, outcome)
         await client.wait_idle()
         index += 1
     progress.note(f"stopped: {search.stop_reason}")
-    return Outcome(search, service_time, client.words_per_token, client.has_gauges)
+    return Calibrated(search, service_time, client.words_per_token, client.has_gauges)
 
 
 def _round_rate(rate: float) -> float:

@@ -43,9 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"the operator's short rate() window (default {d.rate_window})")
     parser.add_argument("--max-replicas", type=int, default=d.max_replicas, metavar="N",
                         help=f"the InferenceService's maxReplicas (default {d.max_replicas})")
-    parser.add_argument("--target-tokens-per-second", type=float, default=d.target_tokens_per_second,
-                        metavar="TPS", help="targetTokensPerSecondPerReplica (default: calibrated on a "
-                        f"2-core machine, {d.target_tokens_per_second:.0f})")
+    parser.add_argument("--target-tokens-per-second", type=float, default=None,
+                        metavar="TPS", help="targetTokensPerSecondPerReplica, fixed (default: learned at a 1 s "
+                        f"TTFT p99, starting from {d.target_tokens_per_second:.0f}, calibrated on a 2-core machine)")
     parser.add_argument("--scale-down-stabilization", type=int, default=d.scale_down_stabilization,
                         metavar="S", help=f"scaleDown.stabilizationSeconds (default {d.scale_down_stabilization})")
     parser.add_argument("--peak-load", type=float, default=d.peak_load, metavar="X",
@@ -81,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
         tick_seconds=args.tick_seconds,
         rate_window=args.rate_window,
         max_replicas=args.max_replicas,
-        target_tokens_per_second=args.target_tokens_per_second,
+        target_tokens_per_second=args.target_tokens_per_second or DemoConfig.target_tokens_per_second,
+        learned_capacity=args.target_tokens_per_second is None,
         scale_down_stabilization=args.scale_down_stabilization,
         peak_load=args.peak_load,
         settle_seconds=args.settle,

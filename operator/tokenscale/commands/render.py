@@ -1,7 +1,7 @@
 """`tokenscale render -f FILE`: the objects the operator would create, as YAML, with no cluster.
 
 It parses each InferenceService as the operator does (the same SpecError text) and builds its
-children with the reconciler's own call, `build.operator_children`, so a change can be
+children with the reconciler's own call, `desired.operator_children`, so a change can be
 reviewed before it is applied. Exit status 2 when the input is not valid: nothing is printed
 then, so a pipeline never applies half of a file.
 """
@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from tokenscale import build
+from tokenscale import desired
 from tokenscale.api import API_VERSION, KIND, SpecError, parse_spec
 from tokenscale.settings import Settings
 
@@ -84,7 +84,7 @@ def render_one(doc: dict[str, Any], settings: Settings, *, namespace: str,
         spec = parse_spec(doc.get("spec"), name=name)  # as the operator parses it, the name included
     except SpecError as error:
         raise RenderError(f"{namespace}/{name}: {error}") from None
-    children = build.operator_children(name, namespace, spec, settings, current_replicas=current_replicas)
+    children = desired.operator_children(name, namespace, spec, settings, current_replicas=current_replicas)
     objects = [children.deployment, children.service, children.pod_disruption_budget, children.pod_monitor]
     return [obj for obj in objects if obj is not None]
 

@@ -1,14 +1,16 @@
 """`tokenscale run`: the operator (kopf) against the current kubeconfig.
 
-Every flag can also come from an environment variable TOKENSCALE_<FLAG> (upper case,
-dashes as underscores), which is how the Helm chart configures it; a flag on the command
-line wins. Repeatable flags take a comma-separated list from the environment.
+The flags are generated from tokenscale.settings (one field, one flag). Every flag can also come
+from an environment variable TOKENSCALE_<FLAG> (upper case, dashes as underscores), which is how
+the Helm chart configures it; a flag on the command line wins. Repeatable flags take a
+comma-separated list from the environment.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import random
@@ -16,100 +18,43 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from tokenscale import settings as settings_module
-from tokenscale.settings import DEFAULT_LIVENESS, DEFAULT_METRICS_ADDRESS, DEFAULT_SERVER_IMAGE, Settings
+from tokenscale.settings import FIELD_DEFAULT, Option, Settings, env_name, options
 
-ENV_PREFIX = "TOKENSCALE_"
 _TRUE = {"1", "true", "yes", "on"}
+_CONVERT: dict[str, Callable[[str], Any]] = {"int": int, "float": float}
 
 
-def _env_name(flag: str) -> str:
-    return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
-
-
-def _add(parser: argparse.ArgumentParser, flag: str, help: str, *, kind: Callable[[str], Any] = str,
-         default: Any = None, repeat: bool = False, switch: bool = False, metavar: str | None = None) -> None:
+def _add(parser: argparse.ArgumentParser, name: str, type_name: str, default: Any, opt: Option) -> None:
     """One flag whose default comes from TOKENSCALE_<FLAG>; the help names the variable."""
-    env = _env_name(flag)
+    flag = opt.flag_for(name)
+    env = env_name(flag)
     raw = os.environ.get(env)
-    shown = f"{help} (env {env}"
-    if switch:
+    shown = f"{opt.help} (env {env}"
+    if opt.flag_default is not FIELD_DEFAULT:
+        default = opt.flag_default
+    if opt.kind == "switch":
         value = raw.strip().lower() in _TRUE if raw is not None else default
-        parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=value, help=shown + ")")
+        parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=value, help=shown + ")")
         return
-    if repeat:
+    if opt.kind == "repeat":
         value = [item.strip() for item in raw.split(",") if item.strip()] if raw else list(default or [])
-        parser.add_argument(flag, action="append", type=kind, default=None, metavar=metavar,
+        parser.add_argument(flag, dest=name, action="append", default=None, metavar=opt.metavar,
                             help=shown + ", comma-separated; repeat the flag for several)")
-        parser.set_defaults(**{flag.lstrip("-").replace("-", "_") + "_env": value})
+        parser.set_defaults(**{name + "_env": value})
         return
+    kind = _CONVERT.get(type_name.split(" ")[0], str)
     value = kind(raw) if raw is not None else default
     suffix = f"; default {default})" if default not in (None, "") else ")"
-    parser.add_argument(flag, type=kind, default=value, metavar=metavar, help=shown + suffix)
+    parser.add_argument(flag, dest=name, type=kind, default=value, metavar=opt.metavar, help=shown + suffix)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    cluster = parser.add_argument_group("Kubernetes")
-    _add(cluster, "--kubeconfig", "kubeconfig file; default $KUBECONFIG, ~/.kube/config, or in-cluster",
-         metavar="FILE")
-    _add(cluster, "--context", "kubeconfig context to use; default the current one", metavar="NAME")
-    _add(cluster, "--namespace", "serve InferenceServices in this namespace only; without it, all namespaces",
-         repeat=True, metavar="NS")
-    _add(cluster, "--peering", "join this kopf peering (high availability: one active replica); "
-         "needs the KopfPeering CRD", metavar="NAME")
-    _add(cluster, "--standalone", "run without peering (a single replica)", switch=True, default=False)
-    _add(cluster, "--priority", "peering priority of this instance; default random with --peering (kopf "
-         "pauses every replica that shares a priority), else 0", kind=int, metavar="N")
-    _add(cluster, "--liveness", "liveness endpoint to serve ('' disables it)", default=DEFAULT_LIVENESS,
-         metavar="URL")
-    _add(cluster, "--metrics-address", "HOST:PORT of the operator's own Prometheus metrics ('' disables them)",
-         default=DEFAULT_METRICS_ADDRESS, metavar="ADDR")
-    _add(cluster, "--watch-server-timeout", "seconds the API server keeps one watch open", kind=int,
-         default=300, metavar="S")
-    _add(cluster, "--watch-client-timeout", "seconds the client waits for a watch to end", kind=float,
-         default=330.0, metavar="S")
-    _add(cluster, "--request-timeout", "seconds for one API request", kind=float, default=30.0, metavar="S")
-    _add(cluster, "--connect-timeout", "seconds to connect to the API server", kind=float, default=10.0,
-         metavar="S")
-    _add(cluster, "--cluster-domain", "cluster DNS domain, for the endpoint URL in status",
-         default="cluster.local", metavar="DOMAIN")
-
-    logs = parser.add_argument_group("Logging")
-    _add(logs, "--log-level", "DEBUG, INFO, WARNING or ERROR", default="INFO", metavar="LEVEL")
-    _add(logs, "--log-format", "json (one object per line) or plain", default="json", metavar="FORMAT")
-
-    serving = parser.add_argument_group("Serving")
-    _add(serving, "--default-server-image", "image of the builtin batching server",
-         default=DEFAULT_SERVER_IMAGE, metavar="IMAGE")
-
-    prom = parser.add_argument_group("Autoscaling (Prometheus)")
-    _add(prom, "--prometheus-url", "Prometheus base URL the autoscaler queries, e.g. "
-         "http://prometheus-operated.monitoring:9090", metavar="URL")
-    _add(prom, "--tick-seconds", "seconds between autoscaling decisions", kind=float, default=15.0,
-         metavar="S")
-    _add(prom, "--heartbeat-ticks", "status is written on a material change and at least every N ticks "
-         "(status.signals.heartbeatSeconds says how often)", kind=int, default=4, metavar="N")
-    _add(prom, "--signal-band", "relative change of a signal that is worth a status write", kind=float,
-         default=0.1, metavar="FRACTION")
-    _add(prom, "--write-concurrency", "Kubernetes writes in flight at once during a tick", kind=int, default=16,
-         metavar="N")
-    _add(prom, "--prometheus-bearer-token-file", "file holding a bearer token for Prometheus", metavar="FILE")
-    _add(prom, "--prometheus-username", "basic-auth user for Prometheus", metavar="USER")
-    _add(prom, "--prometheus-password-file", "file holding the basic-auth password", metavar="FILE")
-    _add(prom, "--prometheus-ca-file", "CA bundle to verify Prometheus' TLS certificate", metavar="FILE")
-    _add(prom, "--prometheus-insecure", "skip TLS verification for Prometheus", switch=True, default=False)
-    _add(prom, "--prometheus-header", "extra HTTP header for Prometheus queries, e.g. X-Scope-OrgID=team-a",
-         repeat=True, metavar="NAME=VALUE")
-    _add(prom, "--prometheus-timeout", "seconds for one Prometheus query", kind=float, default=10.0,
-         metavar="S")
-    _add(prom, "--service-label", "Prometheus label holding the InferenceService name",
-         default="tokenscale_io_service", metavar="LABEL")
-    _add(prom, "--namespace-label", "Prometheus label holding the namespace", default="namespace",
-         metavar="LABEL")
-    _add(prom, "--rate-window", "rate() window of tokens/s and the other short signals (>= 2 scrapes)",
-         default="1m", metavar="DURATION")
-    _add(prom, "--long-rate-window", "rate() window of the long tokens/s signal", default="5m",
-         metavar="DURATION")
+    """The flags, one per Settings field, grouped and documented as settings.py declares them."""
+    groups: dict[str, Any] = {}
+    for f, opt in options():
+        group = groups.get(opt.group) or groups.setdefault(opt.group, parser.add_argument_group(opt.group))
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        _add(group, f.name, str(f.type), default, opt)
 
 
 def _header(text: str) -> tuple[str, str]:
@@ -137,104 +82,48 @@ def _priority(args: argparse.Namespace) -> int:
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """The frozen Settings from parsed flags (flags win over TOKENSCALE_* variables)."""
-    namespaces = args.namespace if args.namespace is not None else args.namespace_env
-    headers = args.prometheus_header if args.prometheus_header is not None else args.prometheus_header_env
-    level = args.log_level.upper()
-    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+    values = {f.name: getattr(args, f.name) for f, _ in options()}
+    for f, opt in options():
+        if opt.kind == "repeat":
+            given = values[f.name]
+            values[f.name] = given if given is not None else getattr(args, f.name + "_env")
+        elif opt.kind == "switch":
+            values[f.name] = bool(values[f.name])
+        elif f.type.startswith("str | None"):
+            values[f.name] = values[f.name] or None  # '' from the environment switches it off
+    values["log_level"] = values["log_level"].upper()
+    if values["log_level"] not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ValueError(f"--log-level must be DEBUG, INFO, WARNING or ERROR, got {args.log_level!r}")
-    if args.log_format not in ("json", "plain"):
+    if values["log_format"] not in ("json", "plain"):
         raise ValueError(f"--log-format must be json or plain, got {args.log_format!r}")
-    if args.peering and args.standalone:
+    if values["peering"] and values["standalone"]:
         raise ValueError("--peering and --standalone exclude each other")
-    if args.metrics_address:
+    if values["metrics_address"]:
         from tokenscale.observability import parse_address
 
-        parse_address(args.metrics_address)  # a ValueError names the flag
-    if args.tick_seconds <= 0:
+        parse_address(values["metrics_address"])  # a ValueError names the flag
+    if values["tick_seconds"] <= 0:
         raise ValueError("--tick-seconds must be positive")
-    if args.heartbeat_ticks < 1:
+    if values["heartbeat_ticks"] < 1:
         raise ValueError("--heartbeat-ticks must be at least 1")
-    if not 0 <= args.signal_band < 1:
+    if not 0 <= values["signal_band"] < 1:
         raise ValueError("--signal-band must be in [0, 1)")
-    if args.write_concurrency < 1:
+    if values["write_concurrency"] < 1:
         raise ValueError("--write-concurrency must be at least 1")
-    return Settings(
-        kubeconfig=args.kubeconfig or None,
-        context=args.context or None,
-        namespaces=tuple(dict.fromkeys(namespaces)),
-        peering=args.peering or None,
-        standalone=bool(args.standalone),
-        priority=_priority(args),
-        liveness=args.liveness or None,
-        metrics_address=args.metrics_address or None,
-        watch_server_timeout=args.watch_server_timeout,
-        watch_client_timeout=args.watch_client_timeout,
-        request_timeout=args.request_timeout,
-        connect_timeout=args.connect_timeout,
-        cluster_domain=args.cluster_domain,
-        log_level=level,
-        log_format=args.log_format,
-        default_server_image=args.default_server_image,
-        prometheus_url=args.prometheus_url or None,
-        tick_seconds=args.tick_seconds,
-        heartbeat_ticks=args.heartbeat_ticks,
-        signal_band=args.signal_band,
-        write_concurrency=args.write_concurrency,
-        prometheus_bearer_token_file=args.prometheus_bearer_token_file or None,
-        prometheus_username=args.prometheus_username or None,
-        prometheus_password_file=args.prometheus_password_file or None,
-        prometheus_ca_file=args.prometheus_ca_file or None,
-        prometheus_insecure=bool(args.prometheus_insecure),
-        prometheus_headers=tuple(_header(h) for h in headers),
-        prometheus_timeout=args.prometheus_timeout,
-        service_label=args.service_label,
-        namespace_label=args.namespace_label,
-        rate_window=_window(args.rate_window, "--rate-window"),
-        long_rate_window=_window(args.long_rate_window, "--long-rate-window"),
-    )
-
-
-def kopf_settings(settings: Settings) -> Any:
-    """kopf's OperatorSettings for ours: annotation storage, timeouts, event identity."""
-    import kopf
-
-    ops = kopf.OperatorSettings()
-    # The CRD's status schema is structural and would prune status.kopf: keep kopf's
-    # progress and diff-base in annotations instead.
-    ops.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="tokenscale.io")
-    ops.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="tokenscale.io", key="last-handled-configuration"
-    )
-    ops.persistence.finalizer = "tokenscale.io/finalizer"
-    ops.watching.server_timeout = settings.watch_server_timeout
-    ops.watching.client_timeout = settings.watch_client_timeout
-    ops.watching.connect_timeout = settings.connect_timeout
-    ops.networking.request_timeout = settings.request_timeout
-    ops.networking.connect_timeout = settings.connect_timeout
-    ops.posting.reporting_component = "tokenscale"
-    ops.posting.reporting_instance = os.environ.get("POD_NAME", "tokenscale")
-    ops.posting.event_name_prefix = "tokenscale-"
-    ops.peering.priority = settings.priority
-    # Only the Deployments and Services tokenscale manages: filtered by the API server, so a big
-    # cluster's other workloads never reach the operator.
-    managed = "app.kubernetes.io/managed-by=tokenscale"
-    ops.watching.label_selectors["apps", "v1", "deployments"] = managed
-    ops.watching.label_selectors["v1", "services"] = managed
-    # Serving pods only (the autoscaler's index keeps those that cannot start or be scheduled).
-    ops.watching.label_selectors["v1", "pods"] = "tokenscale.io/service"
-    # The reconcile handlers are synchronous: enough threads that 1,000 new services' children are
-    # created in parallel against an API server that answers in tens of milliseconds.
-    ops.execution.max_workers = max(8, settings.write_concurrency)
-    return ops
+    values["namespaces"] = tuple(dict.fromkeys(values["namespaces"]))
+    values["prometheus_headers"] = tuple(_header(h) for h in values["prometheus_headers"])
+    values["priority"] = _priority(args)
+    values["rate_window"] = _window(values["rate_window"], "--rate-window")
+    values["long_rate_window"] = _window(values["long_rate_window"], "--long-rate-window")
+    return Settings(**values)
 
 
 def run_operator(settings: Settings, *, stop_flag: Any = None, ready_flag: Any = None) -> None:
     """Run the operator until stopped (blocks). A harness passes a threading.Event as stop_flag."""
     import kopf
 
-    settings_module.configure(settings)
     import tokenscale.activation  # noqa: F401  (scale from zero with the activator)
-    import tokenscale.handlers  # noqa: F401  (registers the handlers in kopf's default registry)
+    from tokenscale.handlers import kopf_settings  # (registers the handlers in kopf's default registry)
 
     standalone = True if settings.standalone else None
 

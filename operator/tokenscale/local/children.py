@@ -27,7 +27,7 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-class Children:
+class ChildProcesses:
     """A registry of child processes that can all be stopped at once, idempotently."""
 
     def __init__(self) -> None:

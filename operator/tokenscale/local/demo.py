@@ -34,9 +34,9 @@ import aiohttp
 
 from tokenscale.api import API_VERSION, PLURAL
 from tokenscale.local import loadgen
-from tokenscale.local.children import Children
+from tokenscale.local.children import ChildProcesses
 from tokenscale.local.kubelet import SERVICE_LABEL, Kubelet, local_server_command
-from tokenscale.local.report import DecisionPoint, RunRecord, Sample, plot, summarize
+from tokenscale.local.report import DecisionPoint, RunRecord, Sample, plot, run_summary
 from tokenscale.local.router import Router
 from tokenscale.local.scenario import DemoConfig, default_model_cache
 
@@ -71,15 +71,31 @@ class Loop:
     def __init__(self, config: DemoConfig, view: Any = None) -> None:
         self.config = config
         self.view = view
-        self.children = Children()
+        self.children = ChildProcesses()
         self.samples: list[Sample] = []
         self.status_decisions: list[dict[str, Any]] = []
+        self.learned_capacity: float | None = None  # status.autoscaler.capacity, as last read
         self._own_workdir = config.workdir is None
         self.workdir = Path(config.workdir or tempfile.mkdtemp(prefix="tokenscale-demo-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.model_dir: Path | None = None
         self.phase = "starting"
         self.operator: subprocess.Popen | None = None
+
+    async def _stop_everything(self, kubelet_task: Any, prom: Any, router: Any, api: Any) -> None:
+        """Stop whatever of the loop's parts was started (None: never started), children last but one."""
+        self._phase("stopping every process")
+        if kubelet_task is not None:
+            kubelet_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await kubelet_task
+        self.children.stop_all()
+        if prom is not None:
+            prom.stop()
+        if router is not None:
+            await router.stop()
+        if api is not None:
+            api.stop()
 
     def _phase(self, text: str) -> None:
         self.phase = text
@@ -113,7 +129,7 @@ class Loop:
         return local_server_command(deployment, port, _server_executable(), extra_args=["--threads", "1"])
 
     async def run(self) -> dict[str, Any]:
-        from tokenscale.local.emulator import serve
+        from tokenscale.local.emulator import start_emulator
         from tokenscale.local.prometheus import PrometheusServer
 
         cfg = self.config
@@ -121,7 +137,7 @@ class Loop:
         try:
             self.model_dir = await self._ensure_model()
             self._phase("starting the Kubernetes API emulator, Prometheus and the router")
-            api = serve()
+            api = start_emulator()
             kubeconfig = api.write_kubeconfig(self.workdir / "kubeconfig", namespace=cfg.namespace)
             prom = PrometheusServer(self.workdir / "prometheus", scrape_interval=cfg.scrape_seconds)
             prom.start()
@@ -163,18 +179,7 @@ class Loop:
                 await self._wait_ready(session, api.url, prom.url, kubelet_task)
                 record = await self._drive(session, api.url, prom.url, router, kubelet_task)
         finally:
-            self._phase("stopping every process")
-            if kubelet_task is not None:
-                kubelet_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await kubelet_task
-            self.children.stop_all()
-            if prom is not None:
-                prom.stop()
-            if router is not None:
-                await router.stop()
-            if api is not None:
-                api.stop()
+            await self._stop_everything(kubelet_task, prom, router, api)
         return self._finish(record)
 
     async def _create_service(self, session: aiohttp.ClientSession, api_url: str) -> None:
@@ -299,6 +304,9 @@ class Loop:
             _prom_value(session, prom_url, f'sum({{__name__=~"vllm[:_]num_requests_running",{selector}}})'),
             self._service_status(session, api_url),
         )
+        learned = ((status.get("autoscaler") or {}).get("capacity") or {}).get("tokensPerSecondPerReplica")
+        if learned is not None:
+            self.learned_capacity = learned
         self._merge_decisions(status.get("decisions") or [])
         t = time.monotonic() - start
         window = [r for r in plan if t - 5.0 <= r.at < t]
@@ -395,8 +403,12 @@ class Loop:
 
     def _finish(self, record: RunRecord) -> dict[str, Any]:
         cfg = self.config
-        summary = summarize(record)
+        summary = run_summary(record)
         summary["decisions"] = self.status_decisions
+        # the learned capacity at the SLO (status.autoscaler.capacity); `tokenscale calibrate` fills
+        # calibrated_tokens_per_second_per_replica when it measures the same replicas in the run
+        summary["learned_tokens_per_second_per_replica"] = self.learned_capacity
+        summary.setdefault("calibrated_tokens_per_second_per_replica", None)
         summary["workdir"] = None if self._own_workdir else str(self.workdir)
         summary["timeline"] = [
             {k: (round(v, 2) if isinstance(v, float) else v) for k, v in dataclasses.asdict(s).items()}

@@ -27,7 +27,6 @@ import asyncio
 import collections
 import copy
 import dataclasses
-import datetime
 import json
 import random
 import re
@@ -46,6 +45,7 @@ import kmock
 import yaml
 
 from tokenscale.api import GROUP, KIND, PLURAL, SHORT_NAMES, VERSION
+from tokenscale.api.wire import rfc3339
 
 CONTROL_PATH = "/tokenscale-emulator"  # the harness's endpoints: latency, request counts
 HISTORY_PER_OBJECT = 20  # versions kept per object (kmock keeps all; a long demo would grow)
@@ -100,10 +100,6 @@ class _Watcher:
     labels: list[tuple[str, str, set[str]]]
     fields: list[tuple[str, str, str]]
     queue: asyncio.Queue[dict[str, Any]]
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # --- selectors ------------------------------------------------------------------------------
@@ -522,7 +518,7 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
         for transient in ("deletionTimestamp", "deletionGracePeriodSeconds", "resourceVersion"):
             meta.pop(transient, None)
         meta["uid"] = str(uuid.uuid4())
-        meta["creationTimestamp"] = _now()
+        meta["creationTimestamp"] = rfc3339()
         if "spec" in obj:
             meta["generation"] = 1
         if "status" in info.subresources:
@@ -609,7 +605,7 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
             if current["metadata"].get("deletionTimestamp"):
                 return current
             new = copy.deepcopy(current)
-            new["metadata"]["deletionTimestamp"] = _now()
+            new["metadata"]["deletionTimestamp"] = rfc3339()
             new["metadata"]["deletionGracePeriodSeconds"] = 0
             self._store(key, new, "MODIFIED")
             return new
@@ -735,7 +731,7 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
             return
         self._store(key, {
             "apiVersion": "v1", "kind": "Namespace",
-            "metadata": {"name": name, "uid": str(uuid.uuid4()), "creationTimestamp": _now(),
+            "metadata": {"name": name, "uid": str(uuid.uuid4()), "creationTimestamp": rfc3339(),
                          "labels": {"kubernetes.io/metadata.name": name}},
             "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"},
         }, "ADDED")
@@ -859,7 +855,7 @@ class RunningEmulator:
         return path
 
 
-def serve(emulator: KubernetesEmulator | None = None, host: str = "127.0.0.1", port: int = 0) -> RunningEmulator:
+def start_emulator(emulator: KubernetesEmulator | None = None, host: str = "127.0.0.1", port: int = 0) -> RunningEmulator:
     """Start an emulator in a background thread; stop it with `.stop()` (or use it as a context)."""
     return RunningEmulator(emulator, host, port).start()
 

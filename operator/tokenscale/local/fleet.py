@@ -121,7 +121,7 @@ def seed(kubeconfig: str, names: list[tuple[str, str]], spec: dict, *, threads: 
 
     from tokenscale import reconcile
     from tokenscale.api import API_VERSION, GROUP, KIND, PLURAL, VERSION, parse_spec
-    from tokenscale.commands.run import kopf_settings
+    from tokenscale.handlers import kopf_settings
     from tokenscale.settings import Settings
 
     settings = settings or Settings(kubeconfig=kubeconfig)

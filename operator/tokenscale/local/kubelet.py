@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -27,14 +26,15 @@ from typing import Any
 
 import aiohttp
 
-from tokenscale.local.children import Children
-from tokenscale.local.prometheus import ScrapeTarget
+from tokenscale.api.labels import PROMETHEUS_SERVICE_LABEL, SERVICE_LABEL
+from tokenscale.api.wire import MERGE_PATCH
+from tokenscale.local.children import ChildProcesses
+from tokenscale.local.prometheus import ScrapeTarget, free_port
 
 log = logging.getLogger(__name__)
 
-SERVICE_LABEL = "tokenscale.io/service"
 # Prometheus label names: what podTargetLabels / the namespace relabeling produce in a cluster.
-PROM_SERVICE_LABEL = "tokenscale_io_service"
+PROM_SERVICE_LABEL = PROMETHEUS_SERVICE_LABEL
 PROM_NAMESPACE_LABEL = "namespace"
 
 # How to run one replica of a Deployment: (deployment, port) -> argv.
@@ -74,7 +74,7 @@ class Kubelet:
     api_url: str
     namespace: str
     command_for: CommandFor
-    children: Children
+    children: ChildProcesses
     log_dir: Path
     env: dict[str, str] = field(default_factory=dict)
     publish_targets: TargetsSink | None = None
@@ -267,7 +267,7 @@ class Kubelet:
         if all(current.get(k) == v for k, v in status.items()):
             return
         url = f"{self.api_url}/apis/apps/v1/namespaces/{self.namespace}/deployments/{name}/status"
-        headers = {"Content-Type": "application/merge-patch+json"}
+        headers = {"Content-Type": MERGE_PATCH}
         with contextlib.suppress(aiohttp.ClientError, TimeoutError):
             async with session.patch(url, json={"status": status}, headers=headers) as response:
                 if response.status >= 400:
@@ -345,7 +345,3 @@ def _safe(function: Callable[..., Any], deployment: dict[str, Any], fallback: An
         return fallback
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

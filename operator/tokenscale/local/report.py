@@ -105,7 +105,7 @@ def _ready_at(samples: Sequence[Sample], t: float) -> int:
     return before[-1].ready if before else 0
 
 
-def summarize(record: RunRecord) -> dict[str, Any]:
+def run_summary(record: RunRecord) -> dict[str, Any]:
     results = list(record.results)
     served = [r for r in results if r.ok]
     rejected = [r for r in results if r.status == 429]

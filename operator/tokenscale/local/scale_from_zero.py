@@ -29,9 +29,10 @@ from typing import Any
 
 import aiohttp
 
-from tokenscale.build.routing import SERVICE_NAME_LABEL, SLICE_MANAGER_LABEL, activator_slice_name
+from tokenscale.desired.routing import SERVICE_NAME_LABEL, SLICE_MANAGER_LABEL, activator_slice_name
 from tokenscale.local.demo import REPLICA_ENV, Loop, _tokenscale_executable
-from tokenscale.local.kubelet import Kubelet, free_port
+from tokenscale.local.kubelet import Kubelet
+from tokenscale.local.prometheus import free_port
 from tokenscale.local.report import percentile
 from tokenscale.local.router import Router
 from tokenscale.local.scenario import DemoConfig
@@ -68,7 +69,7 @@ class ScaleFromZeroConfig(DemoConfig):
 
 
 @dataclass
-class Outcome:
+class RequestOutcome:
     """One request of the scenario, as its client saw it."""
 
     burst: int
@@ -101,7 +102,7 @@ class Point:
 
 @dataclass
 class Record:
-    outcomes: list[Outcome] = field(default_factory=list)
+    outcomes: list[RequestOutcome] = field(default_factory=list)
     timeline: list[Point] = field(default_factory=list)
     bursts: list[float] = field(default_factory=list)
 
@@ -112,7 +113,7 @@ class ScaleFromZeroLoop(Loop):
     config: ScaleFromZeroConfig
 
     async def run(self) -> dict[str, Any]:  # type: ignore[override]
-        from tokenscale.local.emulator import serve
+        from tokenscale.local.emulator import start_emulator
         from tokenscale.local.prometheus import PrometheusServer
 
         cfg = self.config
@@ -121,7 +122,7 @@ class ScaleFromZeroLoop(Loop):
         try:
             self.model_dir = await self._ensure_model()
             self._phase("starting the API emulator, Prometheus, the activator and the router")
-            api = serve()
+            api = start_emulator()
             kubeconfig = api.write_kubeconfig(self.workdir / "kubeconfig", namespace=cfg.namespace)
             prom = PrometheusServer(self.workdir / "prometheus", scrape_interval=cfg.scrape_seconds)
             prom.start()
@@ -168,18 +169,7 @@ class ScaleFromZeroLoop(Loop):
                 record = await self._scenario(session, api.url, router, kubelet_task)
                 await slices.drain()
         finally:
-            self._phase("stopping every process")
-            if kubelet_task is not None:
-                kubelet_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await kubelet_task
-            self.children.stop_all()
-            if prom is not None:
-                prom.stop()
-            if router is not None:
-                await router.stop()
-            if api is not None:
-                api.stop()
+            await self._stop_everything(kubelet_task, prom, router, api)
         return self._summary(record, router)
 
     async def _wait_activator(self, session: aiohttp.ClientSession) -> None:
@@ -233,7 +223,7 @@ class ScaleFromZeroLoop(Loop):
                     record.bursts.append(time.monotonic() - self.start)
                     tasks = []
                     for index in range(size):
-                        outcome = Outcome(burst, stream=index % 2 == 0, sent_at=time.monotonic() - self.start)
+                        outcome = RequestOutcome(burst, stream=index % 2 == 0, sent_at=time.monotonic() - self.start)
                         record.outcomes.append(outcome)
                         tasks.append(asyncio.create_task(self._request(clients, router.url, outcome)))
                         await asyncio.sleep(0.02)  # in order: the one over the bound is the last
@@ -268,7 +258,7 @@ class ScaleFromZeroLoop(Loop):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)
 
-    async def _request(self, session: aiohttp.ClientSession, url: str, outcome: Outcome) -> None:
+    async def _request(self, session: aiohttp.ClientSession, url: str, outcome: RequestOutcome) -> None:
         cfg = self.config
         body = {"model": cfg.served_name, "prompt": "scale from zero", "max_tokens": cfg.output_tokens,
                 "ignore_eos": True, "stream": outcome.stream}

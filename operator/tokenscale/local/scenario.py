@@ -24,6 +24,13 @@ CALIBRATED_TOKENS_PER_SECOND = 350.0
 MEAN_OUTPUT_TOKENS = 48  # of the built-in ramp (outputs 32..64 tokens)
 
 
+LEARNED_CAPACITY = {
+    "slo": {"ttftSeconds": 1.0, "percentile": 99},
+    "capacity": {"source": "Learned", "maxChangePerHour": 100},
+    "metricsStaleAfterSeconds": 10,  # also how long an observation must hold (4 s rate windows here)
+}
+
+
 @dataclass
 class DemoConfig:
     duration: float = 180.0  # seconds of load
@@ -43,6 +50,9 @@ class DemoConfig:
     min_replicas: int = 1
     max_replicas: int = 3
     target_tokens_per_second: float = CALIBRATED_TOKENS_PER_SECOND
+    # learn the capacity at a 1 s TTFT p99 (autoscaling.capacity.source: Learned), the target above
+    # being where it starts; the demo's short windows let it settle in seconds, not minutes
+    learned_capacity: bool = False
     target_queue_depth: float = 4.0
     max_batch: int = 8
     scale_up_stabilization: int = 0
@@ -80,6 +90,7 @@ class DemoConfig:
                         "maxStepPercent": 50,
                         "maxStepPods": 1,
                     },
+                    **(LEARNED_CAPACITY if self.learned_capacity else {}),
                 },
             },
         }

@@ -105,6 +105,11 @@ def print_summary(console: Console, summary: dict[str, Any], plot_path: str | No
     table.add_row("reaction (load over capacity → scale-up)", seconds(summary["reaction_seconds"]))
     table.add_row("time to ready capacity", seconds(summary["time_to_ready_capacity_seconds"]))
     table.add_row("scale events", str(len(summary["scale_events"])))
+    learned = summary.get("learned_tokens_per_second_per_replica")
+    if learned is not None:
+        calibrated = summary.get("calibrated_tokens_per_second_per_replica")
+        table.add_row("capacity per replica: learned / calibrated",
+                      f"{learned:,.0f} / {'-' if calibrated is None else f'{calibrated:,.0f}'} tok/s")
     console.print(table)
     for event in summary["scale_events"]:
         console.print(

@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass
 
 from tokenscale.engines.metric_names import EngineMetricNames
+from tokenscale.settings import DEFAULT_LONG_RATE_WINDOW, DEFAULT_RATE_WINDOW, DEFAULT_SERVICE_LABEL
 
 _METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -66,7 +67,7 @@ class Grouping:
     """
 
     namespace_label: str = "namespace"
-    service_label: str = "tokenscale_io_service"
+    service_label: str = DEFAULT_SERVICE_LABEL
     pod_label: str = "instance"
 
     def __post_init__(self) -> None:
@@ -164,8 +165,8 @@ def pods_reporting(names: tuple[str, ...], grouping: Grouping) -> str:
 class Windows:
     """Rate windows. Each must hold at least two scrapes: 4x the scrape interval is safe."""
 
-    short: str = "1m"
-    long: str = "5m"
+    short: str = DEFAULT_RATE_WINDOW
+    long: str = DEFAULT_LONG_RATE_WINDOW
 
     def __post_init__(self) -> None:
         duration(self.short)
@@ -173,6 +174,7 @@ class Windows:
 
 
 TTFT_QUANTILE = 0.9
+TTFT_SLO_QUANTILE = 0.99  # for SLOs above the 90th percentile (the capacity learner)
 
 
 def signal_queries(names: EngineMetricNames, windows: Windows, grouping: Grouping) -> dict[str, str]:
@@ -196,5 +198,8 @@ def signal_queries(names: EngineMetricNames, windows: Windows, grouping: Groupin
     if names.ttft_histogram:
         queries["ttft_p90_seconds"] = histogram_quantile(
             TTFT_QUANTILE, names.ttft_histogram, windows.short, grouping
+        )
+        queries["ttft_p99_seconds"] = histogram_quantile(
+            TTFT_SLO_QUANTILE, names.ttft_histogram, windows.short, grouping
         )
     return queries

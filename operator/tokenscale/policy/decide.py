@@ -14,6 +14,7 @@ import math
 
 from tokenscale.api.models import AutoscalingSpec, MetricsUnavailableAction
 
+from . import capacity as learner
 from . import demand as rules
 from .demand import number, replicas_for, tokens_per_second
 from .history import add_demand_sample, baseline_demand, record, trim
@@ -75,6 +76,7 @@ def _finish(
         new_history = dataclasses.replace(new_history, last_scale_up=now)
     elif result.desired < result.current:
         new_history = dataclasses.replace(new_history, last_scale_down=now)
+    used = learner.in_use(spec, new_history.capacity)
     limited = result.limited_by in _LIMITING or replicas.unschedulable > 0 or replicas.failing > 0
     limited_reason = ""
     if replicas.failing > 0:
@@ -100,6 +102,8 @@ def _finish(
         scaling_limited=limited,
         scaling_limited_reason=limited_reason,
         panic=panic,
+        capacity_per_replica=used.tokens_per_second,
+        capacity_source=used.source,
     )
 
 
@@ -225,9 +229,20 @@ def _from_signals(
 ) -> Decision:
     history = trim(history, now, spec)
     current = replicas.current
-    capacity_per_replica = spec.target_tokens_per_second_per_replica
-    tolerance = spec.tolerance
     ready = min(replicas.ready, current)
+    if learner.learning(spec):
+        # The learner sees this tick's signals first; every rule below then sizes by the capacity in
+        # use (the learned estimate once confident, else the spec's target).
+        growth = rules.queue_growth(history, number(signals.queue_depth) or 0.0, now, spec)
+        history = dataclasses.replace(history, capacity=learner.observe(
+            history.capacity, signals, spec, ready=ready, settle_seconds=spec.metrics_stale_after_seconds,
+            queue_growth=growth, now=now))
+    used = learner.in_use(spec, history.capacity)
+    if used.tokens_per_second != spec.target_tokens_per_second_per_replica:
+        spec = spec.model_copy(update={"target_tokens_per_second_per_replica": used.tokens_per_second})
+    capacity_per_replica = spec.target_tokens_per_second_per_replica
+    capacity_note = f" ({used.explain()})" if learner.learning(spec) else ""
+    tolerance = spec.tolerance
     pending = replicas.pending
     serving_soon = ready + pending  # capacity now plus capacity on its way
 
@@ -301,7 +316,7 @@ def _from_signals(
 
     def because(target: int) -> str:
         text = (f"{demand.explain()} needs {recommendations['tokens']} replica(s) at "
-                f"{tokens_per_second(capacity_per_replica)} each")
+                f"{tokens_per_second(capacity_per_replica)} each{capacity_note}")
         return text if rule == "tokens" and target == recommendations["tokens"] else f"{text}; {rule} asks for {target}"
 
     if in_panic:

@@ -15,9 +15,11 @@ from tokenscale.api.models import (
     AutoscalingSpec,
     BurstBaseline,
     DemandSample,
+    LearnedCapacity,
     RecommendationRecord,
 )
 
+from .capacity import CapacityState
 from .types import DemandPoint, History, Recommendation
 
 
@@ -70,6 +72,7 @@ def history_from_status(state: AutoscalerState | None) -> History:
             DemandPoint(time=float(item.time), tokens_per_second=float(item.tokens_per_second))
             for item in sorted(state.demand_extremes, key=lambda item: item.time)
         ),
+        capacity=_capacity_from_status(state.capacity),
     )
 
 
@@ -89,6 +92,48 @@ def history_to_status(history: History) -> AutoscalerState:
             DemandSample(time=item.time, tokens_per_second=item.tokens_per_second)
             for item in history.demand_extremes
         ],
+        capacity=_capacity_to_status(history.capacity),
+    )
+
+
+def _capacity_from_status(status: LearnedCapacity | None) -> CapacityState | None:
+    if status is None:
+        return None
+    return CapacityState(
+        estimate=status.tokens_per_second_per_replica,
+        lower=status.lower_bound,
+        lower_time=status.lower_bound_time,
+        upper=status.upper_bound,
+        upper_time=status.upper_bound_time,
+        samples=max(0, int(status.samples)),
+        last_moved=status.last_moved,
+        updated_at=status.updated_at,
+        ready=status.ready,
+        ready_fell_at=status.ready_fell_at,
+        ready_rose_at=status.ready_rose_at,
+        regime=status.regime if status.regime in ("upper", "lower") else None,
+        regime_since=status.regime_since,
+    )
+
+
+def _capacity_to_status(state: CapacityState | None) -> LearnedCapacity | None:
+    if state is None:
+        return None
+    return LearnedCapacity(
+        tokens_per_second_per_replica=state.estimate,
+        samples=state.samples,
+        confidence=round(state.confidence, 3),
+        last_moved=state.last_moved,
+        lower_bound=state.lower,
+        lower_bound_time=state.lower_time,
+        upper_bound=state.upper,
+        upper_bound_time=state.upper_time,
+        updated_at=state.updated_at,
+        ready=state.ready,
+        ready_fell_at=state.ready_fell_at,
+        ready_rose_at=state.ready_rose_at,
+        regime=state.regime,
+        regime_since=state.regime_since,
     )
 
 

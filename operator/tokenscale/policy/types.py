@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .capacity import CapacityState
 
 
 @dataclass(frozen=True)
@@ -24,6 +28,7 @@ class Signals:
     running_requests: float | None = None  # requests in the running batch, all replicas
     kv_cache_usage: float | None = None  # mean over replicas, 0..1
     ttft_p90_seconds: float | None = None
+    ttft_p99_seconds: float | None = None  # for SLOs above the 90th percentile (learned capacity)
     activation: float | None = None  # the spec's activation query (demand outside the pods)
     sample_age_seconds: float | None = None  # age of the newest sample
     ready_pods_reporting: int | None = None  # replicas that exported metrics in the window
@@ -82,6 +87,7 @@ class History:
     last_queue_time: float | None = None
     # the burst window's candidate lows (rising) or peaks (falling): the first is its low or peak
     demand_extremes: tuple[DemandPoint, ...] = ()
+    capacity: CapacityState | None = None  # the capacity learner's memory (capacity.source: Learned)
 
 
 @dataclass(frozen=True)
@@ -96,6 +102,8 @@ class Decision:
     scaling_limited: bool = False  # bounded by max, unschedulable pods, or a rate limit
     scaling_limited_reason: str = ""
     panic: bool = False
+    capacity_per_replica: float | None = None  # tokens/s per replica the demand rules used
+    capacity_source: str = "spec"  # "spec" or "learned"
 
     @property
     def changed(self) -> bool:

@@ -4,7 +4,7 @@
 `max_held`, for at most `hold_timeout_s`; past either it is dropped as the activator's 503) and
 routes the held ones as soon as a replica is ready: their TTFT includes the wait. The
 `ActivatorPolicy` runs `tokenscale.policy.decide` at its tick with the activation signal the
-operator derives from the activator's wake-up annotation (`build.routing.with_activation`: 1
+operator derives from the activator's wake-up annotation (`desired.routing.with_activation`: 1
 while a request was held in the last 30 s, else 0), and between ticks scales 0 -> 1 the moment a request is held, as the
 operator's handler does. `compare` sets it against keeping one replica on the same trace.
 """
@@ -18,7 +18,7 @@ from collections import deque
 import numpy as np
 
 from tokenscale.api import AutoscalingSpec
-from tokenscale.build.routing import with_activation
+from tokenscale.desired.routing import with_activation
 from tokenscale.policy.types import ReplicaState
 
 from .autoscalers import TokenscalePolicy, signals_from

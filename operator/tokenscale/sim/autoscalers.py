@@ -11,13 +11,14 @@ import dataclasses
 import math
 
 from tokenscale.api import AutoscalingSpec
+from tokenscale.metrics.promql import TTFT_QUANTILE, TTFT_SLO_QUANTILE
 from tokenscale.policy import decide
 from tokenscale.policy.types import History, ReplicaState, Signals
+from tokenscale.settings import DEFAULT_TICK_SECONDS
 
 from .baselines import HorizontalPodAutoscaler, KnativeKPA, Oracle, StaticReplicas, hpa, keda
 
-TOKENSCALE_TICK_S = 15.0  # the operator's default --tick-seconds
-TTFT_QUANTILE = 0.9
+TOKENSCALE_TICK_S = DEFAULT_TICK_SECONDS  # the operator's default --tick-seconds
 _SIGNAL_FIELDS = {f.name for f in dataclasses.fields(Signals)}
 
 
@@ -35,6 +36,7 @@ def signals_from(view, now: float) -> Signals:
         "running_requests": float(sample.running),
         "kv_cache_usage": sample.kv_usage,
         "ttft_p90_seconds": view.ttft_quantile(now, config.short_window_s, TTFT_QUANTILE),
+        "ttft_p99_seconds": view.ttft_quantile(now, config.short_window_s, TTFT_SLO_QUANTILE),
         "sample_age_seconds": now - sample.time,
         "ready_pods_reporting": sample.pods_reporting,
     }
@@ -63,6 +65,9 @@ class TokenscalePolicy:
         if spec.holds_burst_headroom:
             self.parameters["burst_headroom"] = round(spec.burst_headroom, 3)
             self.parameters["burst_baseline"] = str(spec.burst_baseline)
+        if spec.capacity is not None and spec.capacity.source == "Learned":
+            self.parameters["capacity_source"] = "Learned"
+        self.capacity_trace: list[tuple[float, float, str]] = []  # (time, capacity used, spec|learned)
 
     def initial_replicas(self, sim) -> int:
         return min(max(sim.warm_start_replicas(), self.spec.min_replicas, 1), self.spec.max_replicas)
@@ -74,6 +79,9 @@ class TokenscalePolicy:
         self.history = decision.history
         if decision.changed:
             self.decisions.append((now, decision))
+        if decision.capacity_per_replica is not None and "capacity_source" in self.parameters:
+            self.capacity_trace.append((now, decision.capacity_per_replica, decision.capacity_source))
+            self.parameters["learned_tokens_per_second_per_replica"] = round(decision.capacity_per_replica, 1)
         return decision.desired
 
 

@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from tokenscale.api import AutoscalingSpec
+from tokenscale.api.models import CapacitySource, CapacitySpec, SloSpec
 
 from . import workload as wl
-from .autoscalers import BASELINE_NAMES, POLICY_NAMES, make_autoscaler
+from .autoscalers import BASELINE_NAMES, POLICY_NAMES, TokenscalePolicy, make_autoscaler
 from .profiles import ReplicaProfile, get_profile
 from .results import SimResult, combine
 from .simulator import SimConfig, Simulation, request_work_per_second
@@ -36,6 +37,12 @@ ORACLE_SMOOTHING_S = (4.0, 30.0)
 TOKENSCALE_CAPACITY_SHARE = 0.8  # tokenscale's target while its burst headroom is searched
 REQUEST_TRACES = ("azure2023_code_1h.csv", "azure2023_conv_1h.csv", "mooncake_fast25_conversation_1h.csv")
 GENERATED = ("poisson", "bursty", "diurnal", "flash-crowd")
+# tokenscale with one setting for every trace, no tuning: its shipped defaults, and learned capacity
+# (at the profile's SLO) started from a target of half and twice the true capacity
+FIXED_ROWS = {"tokenscale-defaults": None, "tokenscale-learned-0.5x": 0.5, "tokenscale-learned-2x": 2.0}
+BENCH_POLICIES = (*POLICY_NAMES, *FIXED_ROWS)
+STARTUP_SWEEP_S = (5.0, 15.0, 30.0, 60.0, 90.0)
+BURSTY_TRACES = ("azure2023_code_1h", "bursty", "flash-crowd")
 
 
 @dataclass(frozen=True)
@@ -152,6 +159,37 @@ def tune(
     return _search(policy, workload, profile, spec, config, slo, quick, {}, seeds)
 
 
+def true_capacity(workload: wl.Workload, profile: ReplicaProfile, config: SimConfig) -> float:
+    """The capacity the learned rows start half and twice away from: the searches' common start,
+    0.8x one replica's saturation throughput for the trace's mean lengths."""
+    return TOKENSCALE_CAPACITY_SHARE * Simulation(workload, profile, config).reference_capacity_tps
+
+
+def fixed_spec(row: str, spec: AutoscalingSpec, capacity: float, ttft_target_s: float) -> AutoscalingSpec:
+    """The one setting of a fixed row: the spec as shipped, or learned capacity at the SLO from a start."""
+    factor = FIXED_ROWS[row]
+    if factor is None:
+        return spec
+    return spec.model_copy(update={
+        "target_tokens_per_second_per_replica": factor * capacity,
+        "slo": SloSpec(ttft_seconds=ttft_target_s, percentile=100 * SLO_ATTAINMENT),
+        "capacity": CapacitySpec(source=CapacitySource.Learned),
+    })
+
+
+def run_fixed(row: str, workload: wl.Workload, profile: ReplicaProfile, spec: AutoscalingSpec, *,
+              config: SimConfig = SimConfig(), slo: float = SLO_ATTAINMENT, seeds: int = 1) -> Tuned:
+    """A fixed row: one run on `seeds` cluster seeds, no search."""
+    ttft = config.ttft_target_s if config.ttft_target_s is not None else profile.ttft_target_s
+    row_spec = fixed_spec(row, spec, true_capacity(workload, profile, config), ttft)
+    results = []
+    for k in range(seeds):
+        policy = TokenscalePolicy(row_spec)
+        policy.name = row
+        results.append(Simulation(workload, profile, dataclasses.replace(config, seed=config.seed + k)).run(policy))
+    return _pick(row, [combine(results)], slo)
+
+
 def simulate_seeds(policy, target, spec, options, workload, profile, config, seeds) -> SimResult:
     """One setting run on `seeds` cluster seeds (each draws its own replica startup times), as one
     result: the requests of all runs pooled (attainment), the means of the rest. A dynamic policy's
@@ -262,11 +300,16 @@ def default_traces(traces_dir: Path | None, explicit: Iterable[str] = ()) -> lis
 
 
 def _task(trace: TraceSpec, policy: str, profile_name: str, spec_json: dict, config: SimConfig, quick: bool,
-          seeds: int):
+          seeds: int, startup_s: float | None = None):
     profile = get_profile(profile_name)
+    if startup_s is not None:  # the startup sweep: a third of the mean either way, as the profile's 90 +- 30 s
+        profile = dataclasses.replace(profile, startup_s=startup_s, startup_spread_s=startup_s / 3)
     spec = AutoscalingSpec.model_validate(spec_json)
     workload = build_workload(trace, profile_name)
-    tuned = tune(policy, workload, profile, spec, config=config, quick=quick, seeds=seeds)
+    if policy in FIXED_ROWS:
+        tuned = run_fixed(policy, workload, profile, spec, config=config, seeds=seeds)
+    else:
+        tuned = tune(policy, workload, profile, spec, config=config, quick=quick, seeds=seeds)
     return trace, policy, workload.peak_to_mean(60.0), tuned
 
 
@@ -279,7 +322,7 @@ def run_benchmark(
     traces: list[TraceSpec],
     *,
     profile_name: str = "h100-llama-8b",
-    policies: Iterable[str] = POLICY_NAMES,
+    policies: Iterable[str] = BENCH_POLICIES,
     config: SimConfig = SimConfig(),
     workers: int = 2,
     quick: bool = False,
@@ -323,6 +366,7 @@ def _report(traces, policies, found, profile_name, config, seeds) -> dict:
         baseline_costs = [c for p, c in cost.items() if p in BASELINE_NAMES and c is not None]
         best_baseline = min(baseline_costs) if baseline_costs else None
         oracle = cost.get("oracle")
+        ours = cost.get("tokenscale")
         rows = []
         details = []
         for policy in policies:
@@ -332,9 +376,11 @@ def _report(traces, policies, found, profile_name, config, seeds) -> dict:
                 {
                     "policy": policy,
                     "gpu_hours_at_slo": None if cost[policy] is None else round(cost[policy], 4),
+                    "gpu_hours": round(shown.gpu_hours, 4),  # of the run shown, met or not
                     "slo_attainment": round(shown.slo_attainment, 5),
                     "ratio_to_best_baseline": _ratio(cost[policy], best_baseline),
                     "ratio_to_oracle": _ratio(cost[policy], oracle),
+                    "ratio_to_tokenscale": _ratio(shown.gpu_hours, ours) if policy in FIXED_ROWS else None,
                 }
             )
             run = shown.to_dict()
@@ -366,3 +412,51 @@ def _report(traces, policies, found, profile_name, config, seeds) -> dict:
             "cluster_seeds": seeds,
         },
     }
+
+
+# --- what faster cold starts buy --------------------------------------------------------------------
+
+
+def startup_sweep(
+    traces: list[TraceSpec],
+    *,
+    startups: Iterable[float] = STARTUP_SWEEP_S,
+    profile_name: str = "h100-llama-8b",
+    config: SimConfig = SimConfig(),
+    workers: int = 2,
+    quick: bool = False,
+    seeds: int = 1,
+    on_done: Callable[[str, str], None] | None = None,
+) -> list[dict]:
+    """Tuned tokenscale at each replica startup time (mean, +- a third), against the oracle (whose
+    replicas are ready at once: it does not depend on startup) and static provisioning (neither)."""
+    spec_json = bench_spec().model_dump(by_alias=True, mode="json")
+    startups = list(startups)
+    tasks = [(t, "tokenscale", profile_name, spec_json, config, quick, seeds, s) for t in traces for s in startups]
+    tasks += [(t, p, profile_name, spec_json, config, quick, seeds, None) for t in traces for p in ("oracle", "static")]
+    found: dict[tuple[str, str, float | None], Tuned] = {}
+    with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
+        futures = {pool.submit(_task, *task): task[-1] for task in tasks}
+        for future in as_completed(futures):
+            trace, policy, _peak_to_mean, tuned = future.result()
+            found[(trace.name, policy, futures[future])] = tuned
+            if on_done:
+                on_done(trace.name, policy)
+    rows = []
+    for trace in traces:
+        oracle, static = found[(trace.name, "oracle", None)].best, found[(trace.name, "static", None)].best
+        for startup in startups:
+            ours = found[(trace.name, "tokenscale", startup)]
+            cost = ours.best.gpu_hours if ours.best else None
+            rows.append({
+                "trace": trace.name,
+                "startup_s": startup,
+                "tokenscale_gpu_hours": None if cost is None else round(cost, 4),
+                "slo_attainment": round((ours.best or ours.closest).slo_attainment, 5),
+                "oracle_gpu_hours": None if oracle is None else round(oracle.gpu_hours, 4),
+                "static_gpu_hours": None if static is None else round(static.gpu_hours, 4),
+                "ratio_to_oracle": _ratio(cost, oracle.gpu_hours if oracle else None),
+                "ratio_to_static": _ratio(cost, static.gpu_hours if static else None),
+                "tuned": (ours.best or ours.closest).parameters,
+            })
+    return rows

@@ -5,7 +5,7 @@ user has to act. `classify_pod` tells the two apart from the pod's own status, t
 `kubectl describe pod` would show it: the container's waiting reason (CrashLoopBackOff,
 ImagePullBackOff, ErrImagePull, CreateContainerConfigError, ...), its last termination
 (OOMKilled, a kill after failed startup probes) and the scheduler's verdict (Unschedulable).
-`summarize` turns the problems of one service's pods into a condition reason and message.
+`PodHealth.of` counts the problems of one service's pods and words them as a condition reason and message.
 """
 
 from __future__ import annotations

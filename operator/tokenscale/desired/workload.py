@@ -5,14 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from tokenscale.api.labels import ENGINE_LABEL, PROMETHEUS_SERVICE_LABEL, SERVICE_LABEL
 from tokenscale.api.models import AutoscalingMode, InferenceServiceSpec, SchedulingSpec
-from tokenscale.build.drift import pod_annotations
-from tokenscale.build.labels import labels, selector_labels
+from tokenscale.desired.drift import pod_annotations
+from tokenscale.desired.labels import labels, selector_labels
 from tokenscale.engines import adapter_for
 from tokenscale.engines.base import PORT_NAME
+from tokenscale.settings import DEFAULT_SERVICE_LABEL
 
 
-def replicas_for(spec: InferenceServiceSpec, current: int | None) -> int:
+def deployment_replicas(spec: InferenceServiceSpec, current: int | None) -> int:
     """Who owns the replica count: the autoscaler (keep what it set) or spec.replicas.
 
     With autoscaling Active the Deployment's current count stands (clamped into the bounds,
@@ -126,12 +128,12 @@ def pod_disruption_budget(name: str, namespace: str, spec: InferenceServiceSpec)
 
 
 def pod_monitor(name: str, namespace: str, spec: InferenceServiceSpec, *,
-                service_label: str = "tokenscale_io_service", namespace_label: str = "namespace",
+                service_label: str = DEFAULT_SERVICE_LABEL, namespace_label: str = "namespace",
                 interval: str = "15s") -> dict[str, Any]:
     """A Prometheus Operator PodMonitor whose series carry the labels the autoscaler groups by."""
     metrics = adapter_for(spec.engine.type).metrics()
     relabelings = [
-        {"action": "replace", "sourceLabels": ["__meta_kubernetes_pod_label_tokenscale_io_service"],
+        {"action": "replace", "sourceLabels": ["__meta_kubernetes_pod_label_" + PROMETHEUS_SERVICE_LABEL],
          "targetLabel": service_label},
         {"action": "replace", "sourceLabels": ["__meta_kubernetes_namespace"], "targetLabel": namespace_label},
         {"action": "replace", "sourceLabels": ["__meta_kubernetes_pod_name"], "targetLabel": "pod"},
@@ -142,7 +144,7 @@ def pod_monitor(name: str, namespace: str, spec: InferenceServiceSpec, *,
         "metadata": _metadata(name, namespace, spec),
         "spec": {
             "selector": {"matchLabels": selector_labels(name)},
-            "podTargetLabels": ["tokenscale.io/service", "tokenscale.io/engine"],
+            "podTargetLabels": [SERVICE_LABEL, ENGINE_LABEL],
             "podMetricsEndpoints": [{"port": metrics.port_name, "path": metrics.path, "interval": interval,
                                      "relabelings": relabelings}],
         },
@@ -150,7 +152,7 @@ def pod_monitor(name: str, namespace: str, spec: InferenceServiceSpec, *,
 
 
 @dataclass(frozen=True)
-class Children:
+class DesiredChildren:
     """Everything one InferenceService should own; None marks a child that should not exist."""
 
     deployment: dict[str, Any]
@@ -160,10 +162,10 @@ class Children:
 
 
 def children(name: str, namespace: str, spec: InferenceServiceSpec, *, current_replicas: int | None,
-             default_server_image: str | None = None, service_label: str = "tokenscale_io_service",
-             namespace_label: str = "namespace") -> Children:
-    return Children(
-        deployment=deployment(name, namespace, spec, replicas=replicas_for(spec, current_replicas),
+             default_server_image: str | None = None, service_label: str = DEFAULT_SERVICE_LABEL,
+             namespace_label: str = "namespace") -> DesiredChildren:
+    return DesiredChildren(
+        deployment=deployment(name, namespace, spec, replicas=deployment_replicas(spec, current_replicas),
                               default_server_image=default_server_image),
         service=service(name, namespace, spec),
         pod_disruption_budget=pod_disruption_budget(name, namespace, spec) if may_run_several(spec) else None,
@@ -181,7 +183,7 @@ class BuildSettings(Protocol):
 
 
 def operator_children(name: str, namespace: str, spec: InferenceServiceSpec, settings: BuildSettings, *,
-                      current_replicas: int | None) -> Children:
+                      current_replicas: int | None) -> DesiredChildren:
     """The children exactly as the operator creates them with these settings: the one call that
     the reconciler and `tokenscale render` share, so the two cannot differ."""
     return children(name, namespace, spec, current_replicas=current_replicas,

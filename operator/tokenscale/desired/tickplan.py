@@ -26,6 +26,7 @@ from typing import Any
 
 from tokenscale.api import AutoscalingMode, InferenceServiceSpec
 from tokenscale.api.models import DecisionRecord, SignalsStatus
+from tokenscale.api.wire import rfc3339
 from tokenscale.policy.history import history_to_status
 from tokenscale.policy.types import Decision, ReplicaState, Signals
 
@@ -96,9 +97,7 @@ def unpacked(value: Any) -> Any:
     return value.value() if isinstance(value, Packed) else value
 
 
-@functools.lru_cache(maxsize=16)  # one tick stamps every service with the same time
-def rfc3339(timestamp: float) -> str:
-    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+_stamp = functools.lru_cache(maxsize=16)(rfc3339)  # one tick stamps every service with the same time
 
 
 def parse_rfc3339(text: str | None) -> float | None:
@@ -125,7 +124,7 @@ def signals_status(signals: Signals, at: float, heartbeat_seconds: float | None 
         "tokens_per_second", "tokens_per_second_long", "prompt_tokens_per_second", "queue_depth",
         "running_requests", "kv_cache_usage", "ttft_p90_seconds", "activation", "sample_age_seconds")}
     rounded = {k: (round(v, 3) if v is not None else None) for k, v in values.items()}
-    return SignalsStatus(**rounded, sampled_at=rfc3339(at), heartbeat_seconds=heartbeat_seconds).model_dump(
+    return SignalsStatus(**rounded, sampled_at=_stamp(at), heartbeat_seconds=heartbeat_seconds).model_dump(
         by_alias=True, exclude_none=True, mode="json")
 
 
@@ -234,7 +233,7 @@ def _durable(memory: dict[str, Any] | None) -> dict[str, Any]:
 
 def plan_tick(tick: TickInput) -> TickPlan:
     status, decision, spec = tick.status, tick.decision, tick.spec
-    stamp = rfc3339(tick.now)
+    stamp = _stamp(tick.now)
     generation = tick.generation
     why: list[str] = []
     wanted: dict[str, Any] = {}

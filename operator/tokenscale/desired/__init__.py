@@ -1,6 +1,6 @@
 """Pure builders: the desired children of an InferenceService, drift checks, and status."""
 
-from tokenscale.build.conditions import (
+from tokenscale.desired.conditions import (
     DEGRADED,
     PROGRESSING,
     READY,
@@ -10,24 +10,24 @@ from tokenscale.build.conditions import (
     set_condition,
     workload_status,
 )
-from tokenscale.build.drift import differences, parse_quantity
-from tokenscale.build.labels import MANAGED_BY, SERVICE_LABEL, labels, selector_labels, selector_string
-from tokenscale.build.workload import (
+from tokenscale.desired.drift import differences, parse_quantity
+from tokenscale.desired.labels import MANAGED_BY, SERVICE_LABEL, labels, selector_labels, selector_string
+from tokenscale.desired.workload import (
     BuildSettings,
-    Children,
+    DesiredChildren,
     children,
     deployment,
+    deployment_replicas,
     may_run_several,
     operator_children,
     pod_disruption_budget,
     pod_monitor,
-    replicas_for,
     service,
 )
 
 __all__ = [
-    "DEGRADED", "MANAGED_BY", "PROGRESSING", "READY", "SERVICE_LABEL", "BuildSettings", "Children", "children",
+    "DEGRADED", "MANAGED_BY", "PROGRESSING", "READY", "SERVICE_LABEL", "BuildSettings", "DesiredChildren", "children",
     "degraded_status", "deployment", "differences", "endpoint_url", "get_condition", "labels",
-    "may_run_several", "operator_children", "parse_quantity", "pod_disruption_budget", "pod_monitor", "replicas_for",
+    "may_run_several", "operator_children", "parse_quantity", "pod_disruption_budget", "pod_monitor", "deployment_replicas",
     "selector_labels", "selector_string", "service", "set_condition", "workload_status",
 ]

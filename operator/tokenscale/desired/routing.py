@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tokenscale.api.models import AutoscalingSpec, InferenceServiceSpec
-from tokenscale.build.labels import MANAGED_BY, SERVICE_LABEL
+from tokenscale.desired.labels import MANAGED_BY, SERVICE_LABEL
 from tokenscale.policy.types import Signals
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"  # joins a slice to its Service (kube-proxy reads it)
@@ -129,12 +129,6 @@ def ready_addresses(slices: Sequence[Mapping[str, Any]], *, skip_manager: str | 
             for address in endpoint.get("addresses") or []:
                 found.append((address, int(port["port"])))
     return found
-
-
-def rfc3339(timestamp: float) -> str:
-    """RFC 3339 in UTC with milliseconds: the operator compares it with when the service went to zero."""
-    stamp = datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
-    return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def wakes_from_zero(requested_at: float | None, *, zero_since: float | None, now: float,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-MANAGED_BY = "tokenscale"
-SERVICE_LABEL = "tokenscale.io/service"  # Prometheus Operator turns it into `tokenscale_io_service`
-ENGINE_LABEL = "tokenscale.io/engine"
+from tokenscale.api.labels import ENGINE_LABEL, MANAGED_BY, SERVICE_LABEL
+
+__all__ = ["ENGINE_LABEL", "MANAGED_BY", "SERVICE_LABEL", "labels", "selector_labels", "selector_string"]
 
 
 def selector_labels(name: str) -> dict[str, str]:

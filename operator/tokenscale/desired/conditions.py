@@ -7,10 +7,10 @@ autoscaler adds MetricsAvailable / ScalingActive / ScalingLimited through the sa
 
 from __future__ import annotations
 
-import datetime
 from typing import Any
 
 from tokenscale.api.models import CONDITION_MESSAGE_MAX_LENGTH
+from tokenscale.api.wire import rfc3339
 
 from .pods import FAILING_WAITING, OOM_KILLED, STARTUP_PROBE_FAILED, PodHealth
 
@@ -20,10 +20,6 @@ DEGRADED = "Degraded"
 # Degraded reasons a successful reconcile clears.
 RECOVERABLE = ("RolloutStuck", "AsExpected", "InvalidSpec", "ApplyFailed", "NameConflict",
                *FAILING_WAITING, OOM_KILLED, STARTUP_PROBE_FAILED)
-
-
-def now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _fit(message: str) -> str:
@@ -58,7 +54,7 @@ def set_condition(conditions: list[dict[str, Any]] | None, kind: str, status: bo
         new["observedGeneration"] = observed_generation
     new["lastTransitionTime"] = (
         old["lastTransitionTime"] if old and old.get("status") == text and old.get("lastTransitionTime")
-        else at or now()
+        else at or rfc3339()
     )
     if old is None:
         result.append(new)
@@ -86,7 +82,7 @@ def workload_status(deployment: dict[str, Any] | None, *, generation: int | None
                     at: str | None = None, pod_health: PodHealth | None = None) -> dict[str, Any]:
     """replicas, readiness, phase and Ready/Progressing/Degraded from the live Deployment and the
     problems of its pods (a pod that cannot start is named, not shown as loading)."""
-    at = at or now()
+    at = at or rfc3339()
     health = pod_health or PodHealth()
     if deployment is None:
         conditions = set_condition(conditions, READY, False, "DeploymentMissing",

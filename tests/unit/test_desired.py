@@ -9,10 +9,10 @@ import kubernetes_validate
 import pytest
 
 from tests.unit.test_pod import PLATFORM
-from tokenscale import build
+from tokenscale import desired
 from tokenscale.api import EngineType, parse_spec
-from tokenscale.build import conditions
-from tokenscale.build.drift import differences, parse_quantity
+from tokenscale.desired import conditions
+from tokenscale.desired.drift import differences, parse_quantity
 
 K8S_VERSION = "1.33"
 
@@ -53,8 +53,8 @@ def make_spec(engine: str, variant: str) -> Any:
     return parse_spec(raw)
 
 
-def make_children(engine: str, variant: str, current: int | None = None) -> build.Children:
-    return build.children("llama", "serving", make_spec(engine, variant), current_replicas=current,
+def make_children(engine: str, variant: str, current: int | None = None) -> desired.DesiredChildren:
+    return desired.children("llama", "serving", make_spec(engine, variant), current_replicas=current,
                           default_server_image="ghcr.io/tokenscale/server:0.1.0")
 
 
@@ -85,11 +85,11 @@ def test_labels_selector_and_pod_template():
         assert f"app.kubernetes.io/{key}" in labels
     assert labels["app.kubernetes.io/managed-by"] == "tokenscale"
     selector = deployment["spec"]["selector"]["matchLabels"]
-    assert selector == build.selector_labels("llama")
+    assert selector == desired.selector_labels("llama")
     assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
     assert children.service["spec"]["selector"] == selector
     assert children.pod_disruption_budget["spec"]["selector"]["matchLabels"] == selector
-    assert build.selector_string("llama") == "app.kubernetes.io/instance=llama,tokenscale.io/service=llama"
+    assert desired.selector_string("llama") == "app.kubernetes.io/instance=llama,tokenscale.io/service=llama"
     pod = deployment["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
     assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
@@ -130,37 +130,37 @@ def test_builtin_uses_the_configured_image_and_others_their_release_image():
 def test_replicas_belong_to_the_autoscaler_or_to_spec_replicas():
     auto = parse_spec({"model": {"source": "m"}, "replicas": 3,
                        "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 6}})
-    assert build.replicas_for(auto, None) == 3  # a new Deployment starts at spec.replicas
-    assert build.replicas_for(auto, 5) == 5  # then the autoscaler's count stands
-    assert build.replicas_for(auto, 9) == 6  # clamped when the bounds shrink
-    assert build.replicas_for(auto, 1) == 2
+    assert desired.deployment_replicas(auto, None) == 3  # a new Deployment starts at spec.replicas
+    assert desired.deployment_replicas(auto, 5) == 5  # then the autoscaler's count stands
+    assert desired.deployment_replicas(auto, 9) == 6  # clamped when the bounds shrink
+    assert desired.deployment_replicas(auto, 1) == 2
     manual = parse_spec({"model": {"source": "m"}, "replicas": 3, "autoscaling": {"enabled": False}})
-    assert build.replicas_for(manual, 7) == 3
+    assert desired.deployment_replicas(manual, 7) == 3
     dry_run = parse_spec({"model": {"source": "m"}, "replicas": 2, "autoscaling": {"mode": "DryRun"}})
-    assert build.replicas_for(dry_run, 5) == 2  # DryRun recommends; spec.replicas acts
+    assert desired.deployment_replicas(dry_run, 5) == 2  # DryRun recommends; spec.replicas acts
 
 
 def test_pod_disruption_budget_only_when_more_than_one_replica_is_possible():
     assert make_children("vllm", "manual-one-replica").pod_disruption_budget is None
     assert make_children("vllm", "manual-three-replicas-cpu-quantities").pod_disruption_budget is not None
     assert make_children("vllm", "full").pod_disruption_budget["spec"] == {
-        "maxUnavailable": 1, "selector": {"matchLabels": build.selector_labels("llama")}}
+        "maxUnavailable": 1, "selector": {"matchLabels": desired.selector_labels("llama")}}
     one_max = parse_spec({"model": {"source": "m"}, "autoscaling": {"minReplicas": 1, "maxReplicas": 1}})
-    assert not build.may_run_several(one_max)
+    assert not desired.may_run_several(one_max)
 
 
 def test_pod_monitor_gives_prometheus_the_grouping_labels():
     assert make_children("vllm", "minimal").pod_monitor is None
     monitor = make_children("trtllm", "full").pod_monitor
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1" and monitor["kind"] == "PodMonitor"
-    assert monitor["spec"]["selector"]["matchLabels"] == build.selector_labels("llama")
+    assert monitor["spec"]["selector"]["matchLabels"] == desired.selector_labels("llama")
     assert "tokenscale.io/service" in monitor["spec"]["podTargetLabels"]
     endpoint = monitor["spec"]["podMetricsEndpoints"][0]
     assert (endpoint["port"], endpoint["path"]) == ("http", "/prometheus/metrics")
     targets = {r["targetLabel"]: r["sourceLabels"] for r in endpoint["relabelings"]}
     assert targets["tokenscale_io_service"] == ["__meta_kubernetes_pod_label_tokenscale_io_service"]
     assert targets["namespace"] == ["__meta_kubernetes_namespace"]
-    custom = build.pod_monitor("llama", "serving", make_spec("vllm", "full"), service_label="svc",
+    custom = desired.pod_monitor("llama", "serving", make_spec("vllm", "full"), service_label="svc",
                                namespace_label="ns")
     assert {r["targetLabel"] for r in custom["spec"]["podMetricsEndpoints"][0]["relabelings"]} >= {"svc", "ns"}
 
@@ -303,7 +303,7 @@ def test_endpoint_url():
 
 
 def test_overlay_keeps_server_fields_and_replaces_lists():
-    from tokenscale.build.drift import overlay
+    from tokenscale.desired.drift import overlay
 
     live = {"clusterIP": "10.0.0.7", "ports": [{"port": 1}, {"port": 2}], "selector": {"a": "1", "b": "2"}}
     desired = {"ports": [{"port": 8000}], "selector": {"a": "x"}}

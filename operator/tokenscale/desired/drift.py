@@ -35,7 +35,7 @@ _SUFFIX = {
 
 
 # Not kubernetes.utils.parse_quantity: importing it loads the whole kubernetes client (its
-# package __init__ imports the API client and config), and build/ is pure by contract
+# package __init__ imports the API client and config), and desired/ is pure by contract
 # (pyproject's import-linter). It is also laxer than the API server ("1K", "1 Gi").
 def parse_quantity(value: object) -> Decimal | None:
     """A Kubernetes quantity as a number, or None when it is not one."""
