@@ -8,6 +8,8 @@ event loop only.
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -16,13 +18,23 @@ from tokenscale.api import API_VERSION, KIND
 from tokenscale.desired import SERVICE_LABEL
 from tokenscale.desired.pods import PodHealth, PodProblem
 from tokenscale.desired.routing import activation_requested_at
+from tokenscale.desired.tickplan import Packed, unpacked
 
 ServiceKey = tuple[str, str]  # (namespace, name)
 
 
-@dataclass(frozen=True)
+# The status fields the tick and the drift handler read; the rest (endpoint, selector, ...) is
+# written by them, never read from the cache. The two large ones are packed (tickplan.Packed).
+STATUS_FIELDS = ("observedGeneration", "phase", "replicas", "readyReplicas", "desiredReplicas",
+                 "recommendedReplicas", "costPerMillionTokens", "lastScaleTime", "conditions", "signals")
+PACKED_FIELDS = ("autoscaler", "decisions")
+
+
+@dataclass(frozen=True, slots=True)
 class ServiceView:
-    """What the tick needs of one InferenceService (not the whole object: 10,000 of them fit)."""
+    """What the tick needs of one InferenceService (not the whole object: 10,000 of them fit).
+    `spec` is shared by every service with the same spec and must not be changed; `status` holds
+    only STATUS_FIELDS, with PACKED_FIELDS as compact JSON text."""
 
     namespace: str
     name: str
@@ -34,20 +46,45 @@ class ServiceView:
     status: Mapping[str, Any]
     activation_requested_at: float | None = None  # the activator's wake-up stamp (desired/routing.py)
 
+    def full_status(self) -> dict[str, Any]:
+        """The cached status as plain dicts (packed fields unpacked)."""
+        return {key: unpacked(value) for key, value in self.status.items()}
+
     def owner(self) -> dict[str, Any]:
         """The object as the reconcile functions and Events take it."""
-        return {"apiVersion": API_VERSION, "kind": KIND, "spec": self.spec, "status": dict(self.status),
+        return {"apiVersion": API_VERSION, "kind": KIND, "spec": _plain(self.spec), "status": self.full_status(),
                 "metadata": {"namespace": self.namespace, "name": self.name, "uid": self.uid,
                              "generation": self.generation, "resourceVersion": self.resource_version}}
 
 
-def service_view(body: Mapping[str, Any]) -> ServiceView:
+def service_view(body: Mapping[str, Any], *, previous: ServiceView | None = None,
+                 specs: dict[str, Mapping[str, Any]] | None = None) -> ServiceView:
+    """The slim view of a watched InferenceService. A spec is the same for a (uid, generation): it
+    is taken from `previous` when that matches, else shared through `specs` (canonical JSON text
+    -> the one copy), so a fleet of similar services keeps one copy of each distinct spec."""
     meta = body.get("metadata") or {}
-    return ServiceView(namespace=meta.get("namespace", ""), name=meta.get("name", ""), uid=meta.get("uid", ""),
-                       generation=meta.get("generation"), resource_version=str(meta.get("resourceVersion", "")),
-                       deleting=bool(meta.get("deletionTimestamp")), spec=_plain(body.get("spec") or {}),
-                       status=_plain(body.get("status") or {}),
+    uid, generation = meta.get("uid", ""), meta.get("generation")
+    if previous is not None and previous.uid == uid and previous.generation == generation:
+        spec = previous.spec
+    else:
+        spec = _plain(body.get("spec") or {})
+        if specs is not None:
+            spec = specs.setdefault(json.dumps(spec, sort_keys=True, separators=(",", ":")), spec)
+    return ServiceView(namespace=sys.intern(meta.get("namespace", "")), name=meta.get("name", ""), uid=uid,
+                       generation=generation, resource_version=str(meta.get("resourceVersion", "")),
+                       deleting=bool(meta.get("deletionTimestamp")), spec=spec,
+                       status=slim_status(body.get("status") or {}),
                        activation_requested_at=activation_requested_at(meta.get("annotations")))
+
+
+def slim_status(status: Mapping[str, Any]) -> dict[str, Any]:
+    """STATUS_FIELDS as plain values (strings interned: conditions repeat across the fleet), and
+    PACKED_FIELDS packed."""
+    slim = {key: _plain(status[key], intern=True) for key in STATUS_FIELDS if key in status}
+    for key in PACKED_FIELDS:
+        if status.get(key) is not None:
+            slim[key] = Packed(_plain(status[key]))
+    return slim
 
 
 DeploymentView = dict  # {"metadata": {...}, "spec": {"replicas"}, "status": {...}}: what workload_status reads
@@ -68,12 +105,23 @@ def deployment_view(body: Mapping[str, Any]) -> DeploymentView:
     }
 
 
-def _plain(value: Any) -> Any:
-    """A deep copy as plain dicts and lists (kopf's bodies are views of its own state)."""
-    if isinstance(value, Mapping):
+_SCALARS = (int, float, bool, type(None))
+
+
+def _plain(value: Any, intern: bool = False) -> Any:
+    """A deep copy as plain dicts and lists (kopf's bodies are views of its own state); `intern`:
+    keys and short strings interned. (Exact type checks first: this runs on every watch event.)"""
+    kind = type(value)
+    if kind is str:
+        return sys.intern(value) if intern and len(value) <= 256 else value
+    if kind in _SCALARS:
+        return value
+    if kind is dict or isinstance(value, Mapping):
+        if intern:
+            return {sys.intern(k): _plain(v, True) for k, v in value.items()}
         return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+    if kind is list or kind is tuple:
+        return [_plain(v, intern) for v in value]
     return value
 
 
@@ -90,6 +138,13 @@ class WatchedState:
         self.problems: dict[ServiceKey, dict[str, PodProblem]] = {}
         # services whose children changed before they were cached: their next reconcile reads them
         self.unchecked: set[ServiceKey] = set()
+        self._specs: dict[str, Mapping[str, Any]] = {}  # canonical JSON -> the shared spec
+
+    def _shared_specs(self) -> dict[str, Mapping[str, Any]]:
+        if len(self._specs) > 2 * len(self.services) + 100:  # drop the specs no view holds any more
+            held = {id(view.spec) for view in self.services.values()}
+            self._specs = {text: spec for text, spec in self._specs.items() if id(spec) in held}
+        return self._specs
 
     @staticmethod
     def _key(body: Mapping[str, Any], label: bool) -> ServiceKey | None:
@@ -104,7 +159,7 @@ class WatchedState:
         if kind == "DELETED":
             self.services.pop(key, None)
         else:
-            self.services[key] = service_view(body)
+            self.services[key] = service_view(body, previous=self.services.get(key), specs=self._shared_specs())
 
     def deployment_event(self, kind: str | None, body: Mapping[str, Any]) -> None:
         key = self._key(body, label=True)

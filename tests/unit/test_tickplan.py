@@ -13,8 +13,9 @@ import pytest
 from tokenscale.api import parse_spec, parse_status
 from tokenscale.desired.conditions import get_condition
 from tokenscale.desired.pods import PodHealth, PodProblem
-from tokenscale.desired.tickplan import PlanSettings, TickInput, moved, plan_tick
+from tokenscale.desired.tickplan import Packed, PlanSettings, TickInput, durable_digest, moved, plan_tick
 from tokenscale.policy import ReplicaState, Signals, decide, history_from_status
+from tokenscale.watched import slim_status
 
 T0 = 1_800_000_000.0
 TICK = 15.0
@@ -56,6 +57,9 @@ class Service:
         self.last_write = None
         self.writes = 0
 
+    def observed(self):
+        return self.status
+
     def tick(self, now, signals, *, pods=PodHealth(), unavailable=None, remember=True):
         history = self.memory if (remember and self.memory is not None) else history_from_status(
             parse_status(self.status).autoscaler)
@@ -66,7 +70,7 @@ class Service:
             decision = decide(signals if unavailable is None else Signals(), self.spec.autoscaling, replicas,
                               history, now)
         plan = plan_tick(TickInput(
-            name="chat", namespace="team", generation=1, spec=self.spec, status=self.status, decision=decision,
+            name="chat", namespace="team", generation=1, spec=self.spec, status=self.observed(), decision=decision,
             signals=signals, unavailable=unavailable, no_prometheus=False, replicas=replicas, pods=pods,
             deployment=deployment(self.replicas, self.ready), endpoint="http://chat.team:8000/v1",
             selector="app=chat", now=now, last_write=self.last_write if remember else None, settings=SETTINGS))
@@ -232,3 +236,50 @@ def test_a_heartbeat_a_little_short_of_n_ticks_is_due():
         deployment=deployment(2, 2), endpoint="e", selector="s", now=T0 + 20.001, last_write=T0 + 0.003,
         settings=settings))
     assert plan.why == ("heartbeat",)
+
+
+class WatchedService(Service):
+    """The same service, planned from the operator's slim watched view of its status
+    (watched.slim_status: only the fields the tick reads, memory and decisions packed)."""
+
+    def observed(self):
+        return slim_status(self.status)
+
+
+def test_the_slim_watched_status_plans_exactly_as_the_whole_status():
+    loads = [150.0, 390.0, 900.0, 905.0, 880.0, 400.0, 160.0, 150.0, 151.0, 40.0, 0.0, 0.0, 300.0]
+    whole, slim = Service(replicas=2, ready=2), WatchedService(replicas=2, ready=2)
+    for k, load in enumerate(loads * 2):
+        now = T0 + k * TICK
+        expected = whole.tick(now, steady(load), remember=k % 5 != 4)
+        got = slim.tick(now, steady(load), remember=k % 5 != 4)
+        assert got == expected, k
+        assert slim.status == whole.status, k
+    assert whole.writes > 3 and len(whole.status["decisions"]) > 3
+
+
+def test_the_watched_view_keeps_only_what_the_tick_reads_and_shares_equal_specs():
+    from tokenscale.watched import WatchedState
+
+    service = Service(replicas=2, ready=2)
+    for k, load in enumerate([150.0, 390.0, 900.0]):
+        service.tick(T0 + k * TICK, steady(load))
+    state = WatchedState()
+    for name in ("a", "b"):
+        body = {"metadata": {"namespace": "team", "name": name, "uid": name, "generation": 1, "resourceVersion": "7"},
+                "spec": {"model": {"source": "org/m"}}, "status": dict(service.status, endpoint="http://x")}
+        state.service_event("ADDED", body)
+    a, b = state.services["team", "a"], state.services["team", "b"]
+    assert a.spec is b.spec  # one copy of a spec the fleet shares
+    assert isinstance(a.status["decisions"], Packed) and isinstance(a.status["autoscaler"], Packed)
+    assert "endpoint" not in a.status  # written by the tick, never read from the cache
+    assert a.full_status() == {k: v for k, v in service.status.items() if k != "endpoint"}
+    assert a.owner()["status"]["decisions"] == service.status["decisions"]
+
+
+def test_memory_written_with_whole_numbers_is_the_same_memory():
+    """A real API server may render 1800000000.0 as 1800000000: that is no change of memory."""
+    memory = {"recommendations": [{"time": T0, "replicas": 2}], "lastScaleUp": T0, "panicUntil": None}
+    rendered = {"recommendations": [{"time": int(T0), "replicas": 2}], "lastScaleUp": int(T0)}
+    assert durable_digest(memory) == durable_digest(rendered) == Packed(rendered).digest
+    assert durable_digest(memory) != durable_digest(dict(memory, lastScaleUp=T0 + 1))
