@@ -25,7 +25,9 @@ from tokenscale.calibrate.search import PASS, SearchConfig, Slo, late_budget, st
 from tokenscale.cli import main
 from tokenscale.sim.profiles import get_profile
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+# A timing measurement (two calibrations within 15% of each other): on a shared 2-core machine they
+# swung 2-3x apart, so it runs in `make test-calibrate` on a quiet machine, not in `make test`.
+pytestmark = [pytest.mark.slow, pytest.mark.calibration, pytest.mark.timeout(900)]
 
 INPUT, OUTPUT = 16, 8
 SLO = Slo(ttft_s=1.0, percentile=90)
