@@ -10,7 +10,6 @@ have been used, and the roles hold no wildcard and no rule outside DOCUMENTED (d
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import pytest
 import yaml
 
 from tests.integration.conftest import Cluster, OperatorThread, wait_for
+from tests.integration.rbaccheck import AGGREGATED, allows, api_requests
 from tokenscale.local.emulator import RequestRecord
 from tokenscale.settings import Settings
 
@@ -68,7 +68,6 @@ def rendered(values: dict[str, Any]) -> list[dict[str, Any]]:
             for doc in yaml.safe_load_all(text) if isinstance(doc, dict)]
 
 
-AGGREGATED = {f"rbac.authorization.k8s.io/aggregate-to-{role}" for role in ("view", "edit", "admin")}
 
 
 def roles(objects: list[dict[str, Any]]) -> dict[tuple[str, str | None], list[dict[str, Any]]]:
@@ -78,18 +77,6 @@ def roles(objects: list[dict[str, Any]]) -> dict[tuple[str, str | None], list[di
             for o in objects if o["kind"] in ("ClusterRole", "Role") and not AGGREGATED & set(o["metadata"]["labels"])}
 
 
-def allows(rules: Iterable[dict[str, Any]], record: RequestRecord) -> bool:
-    resource = record.resource + (f"/{record.subresource}" if record.subresource else "")
-    return any(record.group in rule["apiGroups"] and resource in rule["resources"] and record.verb in rule["verbs"]
-               for rule in rules)
-
-
-def api_requests(records: list[RequestRecord]) -> list[RequestRecord]:
-    """Resource requests (RBAC-checked); the rest must be discovery, which every user may read."""
-    for record in records:
-        if record.resource is None:
-            assert record.method == "GET" and record.path.startswith(("/api", "/apis", "/version")), record
-    return [r for r in records if r.resource is not None]
 
 
 def podmonitor(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
