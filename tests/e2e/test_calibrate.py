@@ -26,8 +26,8 @@ from tokenscale.cli import main
 from tokenscale.sim.profiles import get_profile
 
 # A timing measurement (two calibrations within 15% of each other): on a shared 2-core machine they
-# swung 2-3x apart, so it runs in `make test-calibrate` on a quiet machine, not in `make test`.
-pytestmark = [pytest.mark.slow, pytest.mark.calibration, pytest.mark.timeout(900)]
+# swung 2-3x apart, so it runs in `make test-timing` on a quiet machine, not in `make test`.
+pytestmark = [pytest.mark.slow, pytest.mark.timing, pytest.mark.timeout(900)]
 
 INPUT, OUTPUT = 16, 8
 SLO = Slo(ttft_s=1.0, percentile=90)

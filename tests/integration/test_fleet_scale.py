@@ -26,7 +26,9 @@ from tokenscale.local.fleet import FleetExporter, fleet_names, seed
 from tokenscale.local.prometheus import PrometheusServer, ScrapeTarget
 from tokenscale.settings import Settings
 
-pytestmark = [pytest.mark.slow, pytest.mark.prometheus, pytest.mark.timeout(240)]
+# Freshness within a time bound on a shared 2-core machine is a timing measurement: it failed on
+# some runs there even with nothing else running, so it runs in `make test-timing`, not `make test`.
+pytestmark = [pytest.mark.slow, pytest.mark.prometheus, pytest.mark.timing, pytest.mark.timeout(240)]
 
 SERVICES = 1000
 TICK = 5.0
