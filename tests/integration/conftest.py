@@ -155,3 +155,14 @@ def operator_settings(cluster: Cluster) -> Settings:
 def operator(cluster: Cluster, operator_settings: Settings) -> Iterator[OperatorThread]:
     with OperatorThread(operator_settings) as running:
         yield running
+
+
+def gone(read: Callable[[], Any]) -> bool:
+    """The read answers 404 (the object is deleted); any other API error is raised."""
+    try:
+        read()
+    except kubernetes.client.ApiException as error:
+        if error.status == 404:
+            return True
+        raise
+    return False

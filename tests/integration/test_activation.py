@@ -13,7 +13,7 @@ import kubernetes
 import pytest
 import yaml
 
-from tests.integration.conftest import Cluster, OperatorThread, wait_for
+from tests.integration.conftest import Cluster, OperatorThread, gone, wait_for
 from tests.integration.rbaccheck import AGGREGATED, CHART, allows, api_requests
 from tokenscale.activation import ACTIVATOR_SERVICE_ENV
 from tokenscale.api.wire import rfc3339
@@ -59,15 +59,6 @@ def slice_of(discovery, name: str = "llama"):
         raise
 
 
-def _gone(read) -> bool:
-    try:
-        read()
-    except kubernetes.client.ApiException as error:
-        if error.status == 404:
-            return True
-        raise
-    return False
-
 
 def story(cluster: Cluster, discovery) -> None:
     cluster.create_service("team-a", "llama", SPEC)
@@ -105,7 +96,7 @@ def story(cluster: Cluster, discovery) -> None:
     # Deleted (its slice goes with it) and created again under the same name: routed again.
     cluster.delete_service("team-a", "llama")
     wait_for(lambda: slice_of(discovery) is None, message="the slice collected with its owner")
-    wait_for(lambda: _gone(lambda: cluster.apps.read_namespaced_deployment("llama", "team-a")),
+    wait_for(lambda: gone(lambda: cluster.apps.read_namespaced_deployment("llama", "team-a")),
              message="the old Deployment collected")
     cluster.create_service("team-a", "llama", SPEC)
     again = wait_for(lambda: slice_of(discovery), message="the new service's activator slice")

@@ -15,11 +15,10 @@ from typing import Any
 
 import helm_python
 import kmock
-import kubernetes
 import pytest
 import yaml
 
-from tests.integration.conftest import Cluster, OperatorThread, wait_for
+from tests.integration.conftest import Cluster, OperatorThread, gone, wait_for
 from tests.integration.rbaccheck import AGGREGATED, allows, api_requests
 from tokenscale.local.emulator import RequestRecord
 from tokenscale.settings import Settings
@@ -83,15 +82,6 @@ def podmonitor(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
     return cluster.custom.get_namespaced_custom_object(
         "monitoring.coreos.com", "v1", namespace, "podmonitors", name)
 
-
-def gone(read: Any) -> bool:
-    try:
-        read()
-    except kubernetes.client.ApiException as error:
-        if error.status == 404:
-            return True
-        raise
-    return False
 
 
 def lifecycle(cluster: Cluster, namespace: str, name: str) -> None:
